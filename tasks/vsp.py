@@ -1,0 +1,385 @@
+"""FrozenLake maps for the VSP tasks: validation, random generation, shortest paths, simulation and rendering.
+
+A map is a ``map_desc``: a rectangular list of rows of integer codes, as in the official data::
+
+    1 = start (S)    2 = goal (G)    -1 = hole (H)    0 = frozen ice (F)
+
+Rendering reproduces ``gymnasium==0.29.1`` FrozenLake (``render_mode="rgb_array"``, ``is_slippery=False``) pixel
+for pixel. Instead of stepping a gymnasium environment per picture, :func:`render_map` composes cached cell tiles
+with numpy; each tile is drawn once with pygame from gymnasium's own sprites, in the same order gymnasium draws
+them, so the result is identical (``tests/test_tasks_render.py`` checks it against gymnasium and against all 400
+official test images) and about two orders of magnitude faster.
+
+Simulation follows the rules of the official prompts: a move off the edge does nothing, a move into a hole ends
+the episode in failure, and reaching the goal ends it in success (FrozenLake's goal is terminal).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .errors import TaskDataError
+from .templates import MOVE_LETTERS, MOVE_WORDS
+
+START, GOAL, HOLE, ICE = 1, 2, -1, 0
+CODE_TO_LETTER = {START: "S", GOAL: "G", HOLE: "H", ICE: "F"}
+MIN_SIDE, MAX_SIDE = 3, 8
+"""Supported map side lengths for generation (the level of a planning example is its side length)."""
+
+DELTAS = {"L": (0, -1), "D": (1, 0), "R": (0, 1), "U": (-1, 0)}
+"""Row/column change of each move letter."""
+
+Outcome = Literal["success", "hole", "not_at_goal", "invalid"]
+MapDesc = Sequence[Sequence[int]]
+Cell = tuple[int, int]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------------
+def validate_map_desc(map_desc: object, *, row: int | str | None = None, field: str = "map_desc") -> np.ndarray:
+    """Check a ``map_desc`` and return it as an ``int8`` array of shape ``(rows, cols)``.
+
+    Raises:
+        TaskDataError: naming ``row`` and ``field`` when the map is not a non-empty rectangular grid of the codes
+            -1/0/1/2, or does not hold exactly one start (1) and exactly one goal (2).
+    """
+    if isinstance(map_desc, np.ndarray):
+        map_desc = map_desc.tolist()
+    if not isinstance(map_desc, (list, tuple)) or not map_desc:
+        raise TaskDataError("expected a non-empty list of rows", row=row, field=field)
+    widths = []
+    for i, line in enumerate(map_desc):
+        if not isinstance(line, (list, tuple)) or not line:
+            raise TaskDataError(f"line {i} is not a non-empty list of cells", row=row, field=field)
+        widths.append(len(line))
+    if len(set(widths)) != 1:
+        raise TaskDataError(f"map is not rectangular: line lengths {widths}", row=row, field=field)
+    values = {v for line in map_desc for v in line}
+    bad = sorted(str(v) for v in values if isinstance(v, bool) or v not in CODE_TO_LETTER)
+    if bad:
+        raise TaskDataError(f"unknown cell codes {', '.join(bad)}; expected -1, 0, 1 or 2", row=row, field=field)
+    grid = np.asarray(map_desc, dtype=np.int8)
+    for code, name in ((START, "start"), (GOAL, "goal")):
+        count = int((grid == code).sum())
+        if count != 1:
+            raise TaskDataError(f"expected exactly one {name} ({code}), found {count}", row=row, field=field)
+    return grid
+
+
+def find_cell(grid: np.ndarray, code: int) -> Cell:
+    """Return the ``(row, col)`` of the first cell holding ``code``."""
+    r, c = np.argwhere(grid == code)[0]
+    return int(r), int(c)
+
+
+def map_key(map_desc: MapDesc | np.ndarray) -> str:
+    """A canonical string for a map, used to keep splits disjoint (``"S.H/..G/..."`` style rows)."""
+    return "/".join("".join(CODE_TO_LETTER[int(v)] for v in line) for line in np.asarray(map_desc).tolist())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Moves, simulation, shortest paths
+# ---------------------------------------------------------------------------------------------------------
+_WORD_TO_LETTER = {w: letter for w, letter in zip(MOVE_WORDS, MOVE_LETTERS)}
+_MOVE_TOKEN = re.compile(r"LEFT|RIGHT|UP|DOWN|[LRUD]", re.IGNORECASE)
+_SEPARATORS = re.compile(r"[\s,;\-\u2192>]*")
+
+
+def parse_moves(text: str | None) -> str | None:
+    """Parse a move string and return it as letters (``"LDRU"``), or ``None`` when it is not a plan.
+
+    Accepts letters (``LDRU``, ``L, D, R``) and words (``LEFT, DOWN``), any case, separated by nothing, spaces,
+    commas, semicolons, dashes or arrows. Anything else, and an empty plan, gives ``None``.
+    """
+    if text is None:
+        return None
+    pos, letters = 0, []
+    text = text.strip()
+    while pos < len(text):
+        pos = _SEPARATORS.match(text, pos).end()
+        if pos >= len(text):
+            break
+        token = _MOVE_TOKEN.match(text, pos)
+        if token is None:
+            return None
+        word = token.group(0).upper()
+        letters.append(_WORD_TO_LETTER.get(word, word))
+        pos = token.end()
+    return "".join(letters) or None
+
+
+def step(grid: np.ndarray, cell: Cell, move: str) -> Cell:
+    """Where a move from ``cell`` lands: the neighbouring cell, or ``cell`` itself when it would leave the map."""
+    dr, dc = DELTAS[move]
+    r, c = cell[0] + dr, cell[1] + dc
+    if 0 <= r < grid.shape[0] and 0 <= c < grid.shape[1]:
+        return r, c
+    return cell
+
+
+@dataclass(frozen=True)
+class Step:
+    """One move of a simulated plan: the move letter, where it landed, and what that cell is."""
+
+    move: str
+    cell: Cell
+    code: int
+    blocked: bool
+    """True when the move would have left the map, so the player stayed put."""
+
+
+def trace_plan(grid: np.ndarray, moves: str) -> list[Step]:
+    """Simulate ``moves`` (letters) from the start and return the steps taken, stopping on a hole or the goal."""
+    cell = find_cell(grid, START)
+    steps = []
+    for move in moves:
+        nxt = step(grid, cell, move)
+        code = int(grid[nxt])
+        steps.append(Step(move, nxt, code, blocked=nxt == cell))
+        cell = nxt
+        if code in (HOLE, GOAL):
+            break
+    return steps
+
+
+def outcome_of(steps: list[Step]) -> Outcome:
+    """The outcome of a traced plan: ``success``, ``hole`` or ``not_at_goal``."""
+    last = steps[-1].code if steps else START
+    return "success" if last == GOAL else "hole" if last == HOLE else "not_at_goal"
+
+
+def simulate_plan(map_desc: MapDesc, moves: str | None) -> Outcome:
+    """Play a move string on a map and say how it ends.
+
+    Args:
+        map_desc: the map (validated; see :func:`validate_map_desc`).
+        moves: a plan in any form :func:`parse_moves` accepts, e.g. ``"LDR"`` or ``"LEFT, DOWN"``.
+
+    Returns:
+        ``"success"`` when the player reaches the goal, ``"hole"`` when it falls into a hole first,
+        ``"not_at_goal"`` when the plan ends safely elsewhere, ``"invalid"`` when ``moves`` is not a plan.
+    """
+    grid = validate_map_desc(map_desc)
+    letters = parse_moves(moves)
+    if letters is None:
+        return "invalid"
+    return outcome_of(trace_plan(grid, letters))
+
+
+def shortest_path(grid: np.ndarray) -> str | None:
+    """Breadth-first search from start to goal over non-hole cells; the move letters, or ``None`` if unreachable.
+
+    Neighbours are tried in the fixed order L, D, R, U, so the answer is deterministic.
+    """
+    start, goal = find_cell(grid, START), find_cell(grid, GOAL)
+    came_from: dict[Cell, tuple[Cell, str] | None] = {start: None}
+    queue = deque([start])
+    while queue:
+        cell = queue.popleft()
+        if cell == goal:
+            moves = []
+            while came_from[cell] is not None:
+                cell, move = came_from[cell]
+                moves.append(move)
+            return "".join(reversed(moves))
+        for move in MOVE_LETTERS:
+            nxt = step(grid, cell, move)
+            if nxt not in came_from and grid[nxt] != HOLE:
+                came_from[nxt] = (cell, move)
+                queue.append(nxt)
+    return None
+
+
+def solve_map(map_desc: MapDesc) -> str:
+    """Return a shortest move string (letters ``L``/``R``/``U``/``D``) from the start to the goal.
+
+    Raises:
+        TaskDataError: when the map is invalid or its goal cannot be reached without crossing a hole.
+    """
+    grid = validate_map_desc(map_desc)
+    path = shortest_path(grid)
+    if path is None:
+        raise TaskDataError("the goal cannot be reached from the start", field="map_desc")
+    return path
+
+
+def random_map(rng: random.Random, side: int, hole_prob: float = 0.2) -> list[list[int]]:
+    """Draw a ``side`` x ``side`` map with the start and goal on distinct random cells and a reachable goal.
+
+    Every other cell is a hole with probability ``hole_prob`` (0.2 gives the 13-18 % hole density of the official
+    test set); maps whose goal is unreachable are redrawn.
+    """
+    cells = side * side
+    while True:
+        start, goal = rng.sample(range(cells), 2)
+        flat = [HOLE if rng.random() < hole_prob else ICE for _ in range(cells)]
+        flat[start], flat[goal] = START, GOAL
+        grid = np.asarray(flat, dtype=np.int8).reshape(side, side)
+        if shortest_path(grid) is not None:
+            return grid.tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------------------
+_FACING = {"L": 0, "D": 1, "R": 2, "U": 3}
+"""Index of the elf sprite facing each move (gymnasium's action order); the initial state faces down."""
+
+_TILE_KINDS = ("ice", "hole", "goal", "start")
+_CODE_TO_KIND = {ICE: "ice", HOLE: "hole", GOAL: "goal", START: "start"}
+_BORDER = (180, 200, 230)
+
+
+def _sprite_dir() -> Path:
+    import gymnasium.envs.toy_text.frozen_lake as frozen_lake
+
+    return Path(frozen_lake.__file__).parent / "img"
+
+
+@lru_cache(maxsize=8)
+def _tiles(cell_w: int, cell_h: int) -> dict[str, np.ndarray]:
+    """Every cell picture gymnasium can draw at this cell size, as ``(h, w, 3)`` uint8 arrays.
+
+    Keys: ``ice``/``hole``/``goal``/``start`` (empty cells) and ``<kind>@<facing>`` (the elf on that cell, facing
+    0-3) and ``cracked`` (the player in a hole). Each is painted with pygame exactly as
+    ``FrozenLakeEnv._render_gui`` paints it: ice, then the cell's sprite, then the 1-px border, then the player.
+    """
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    import pygame
+
+    folder = _sprite_dir()
+
+    def load(name: str) -> pygame.Surface:
+        return pygame.transform.scale(pygame.image.load(str(folder / name)), (cell_w, cell_h))
+
+    ice, overlay = load("ice.png"), {"hole": load("hole.png"), "goal": load("goal.png"), "start": load("stool.png")}
+    cracked = load("cracked_hole.png")
+    elves = [load(f"elf_{d}.png") for d in ("left", "down", "right", "up")]
+
+    def paint(kind: str, player: pygame.Surface | None) -> np.ndarray:
+        # Same surface type as gymnasium's window (a plain pygame.Surface), so alpha blending is identical.
+        surface = pygame.Surface((cell_w, cell_h))
+        surface.blit(ice, (0, 0))
+        if kind in overlay:
+            surface.blit(overlay[kind], (0, 0))
+        pygame.draw.rect(surface, _BORDER, (0, 0, cell_w, cell_h), 1)
+        if player is not None:
+            surface.blit(player, (0, 0))
+        return np.transpose(np.array(pygame.surfarray.pixels3d(surface)), (1, 0, 2)).copy()
+
+    tiles = {kind: paint(kind, None) for kind in _TILE_KINDS}
+    for kind in _TILE_KINDS:
+        for facing, elf in enumerate(elves):
+            tiles[f"{kind}@{facing}"] = paint(kind, elf)
+    tiles["cracked"] = paint("hole", cracked)
+    return tiles
+
+
+def window_size(rows: int, cols: int) -> tuple[int, int]:
+    """Gymnasium's ``(width, height)`` of the rendered picture for a map of ``rows`` x ``cols``."""
+    return min(64 * cols, 512), min(64 * rows, 512)
+
+
+def render_array(map_desc: MapDesc | np.ndarray, player: Cell | None = None, facing: str | None = None) -> np.ndarray:
+    """Render a map as gymnasium 0.29.1 FrozenLake does, as an ``(H, W, 3)`` uint8 array.
+
+    Args:
+        map_desc: the map.
+        player: where the player stands (default: the start cell).
+        facing: the last move letter, which decides the elf sprite (default: facing down, as after ``reset``).
+            A player on a hole is drawn as gymnasium draws it, as a cracked hole.
+    """
+    grid = map_desc if isinstance(map_desc, np.ndarray) else validate_map_desc(map_desc)
+    rows, cols = grid.shape
+    width, height = window_size(rows, cols)
+    cell_w, cell_h = width // cols, height // rows
+    tiles = _tiles(cell_w, cell_h)
+    out = np.zeros((height, width, 3), dtype=np.uint8)
+    for (r, c), code in np.ndenumerate(grid):
+        out[r * cell_h : (r + 1) * cell_h, c * cell_w : (c + 1) * cell_w] = tiles[_CODE_TO_KIND[int(code)]]
+    pr, pc = find_cell(grid, START) if player is None else player
+    code = int(grid[pr, pc])
+    tile = tiles["cracked"] if code == HOLE else tiles[f"{_CODE_TO_KIND[code]}@{_FACING[facing or 'D']}"]
+    out[pr * cell_h : (pr + 1) * cell_h, pc * cell_w : (pc + 1) * cell_w] = tile
+    return out
+
+
+def render_map(map_desc: MapDesc, player: Cell | None = None, facing: str | None = None) -> Image.Image:
+    """Render a map as the official VSP images are rendered, as an RGB PIL image (see :func:`render_array`)."""
+    return Image.fromarray(render_array(map_desc, player, facing))
+
+
+def render_with_gymnasium(map_desc: MapDesc, moves: str = "") -> np.ndarray:
+    """Reference rendering: step a real gymnasium FrozenLake through ``moves`` and return ``env.render()``.
+
+    Slow (one environment per call); used by the tests to check :func:`render_array`.
+    """
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv
+
+    grid = validate_map_desc(map_desc)
+    desc = ["".join(CODE_TO_LETTER[int(v)] for v in line) for line in grid]
+    env = FrozenLakeEnv(desc=desc, is_slippery=False, render_mode="rgb_array")
+    env.reset(seed=0)
+    for move in moves:
+        _, _, terminated, _, _ = env.step(_FACING[move])
+        if terminated:
+            break
+    frame = env.render()
+    env.close()
+    return frame
+
+
+def render_state(grid: np.ndarray, steps: list[Step], k: int) -> Image.Image:
+    """The picture after the first ``k`` steps of a traced plan (the official ``map_NxN_step_k.png``)."""
+    if k == 0:
+        return Image.fromarray(render_array(grid))
+    last = steps[k - 1]
+    return Image.fromarray(render_array(grid, last.cell, last.move))
+
+
+def draw_path(map_desc: MapDesc | np.ndarray, moves: str, color: tuple[int, int, int] = (255, 0, 0)) -> Image.Image:
+    """The start map with ``moves`` drawn as arrows from cell centre to cell centre (the planning helper image).
+
+    Moves that would leave the map are skipped; the arrows stop at a hole or at the goal.
+    """
+    grid = map_desc if isinstance(map_desc, np.ndarray) else validate_map_desc(map_desc)
+    image = Image.fromarray(render_array(grid))
+    rows, cols = grid.shape
+    width, height = window_size(rows, cols)
+    cw, ch = width // cols, height // rows
+    draw = ImageDraw.Draw(image)
+    shaft, head = max(2, cw // 12), max(6, cw // 5)
+    cell = find_cell(grid, START)
+    for s in trace_plan(grid, moves):
+        if s.blocked:
+            continue
+        (r0, c0), (r1, c1) = cell, s.cell
+        x0, y0 = c0 * cw + cw / 2, r0 * ch + ch / 2
+        x1, y1 = c1 * cw + cw / 2, r1 * ch + ch / 2
+        dx, dy = np.sign(x1 - x0), np.sign(y1 - y0)
+        tip = (x1 - dx * cw * 0.1, y1 - dy * ch * 0.1)
+        base = (tip[0] - dx * head, tip[1] - dy * head)
+        draw.line([(x0 + dx * cw * 0.1, y0 + dy * ch * 0.1), base], fill=color, width=shaft)
+        px, py = -dy * head * 0.6, dx * head * 0.6  # perpendicular half-width of the head
+        draw.polygon([tip, (base[0] + px, base[1] + py), (base[0] - px, base[1] - py)], fill=color)
+        cell = s.cell
+    return image
+
+
+def iter_cells(grid: np.ndarray) -> Iterable[tuple[Cell, int]]:
+    """Every ``((row, col), code)`` of a map in raster order."""
+    for (r, c), code in np.ndenumerate(grid):
+        yield (int(r), int(c)), int(code)
