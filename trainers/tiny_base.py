@@ -362,7 +362,10 @@ def build_tiny_base(
     size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2),
-        video_processor=Qwen2VLVideoProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2),
+        # `cap_pixels_per_frame`: the reference (qwen-vl-utils) per-frame budget, soon transformers' default.
+        video_processor=Qwen2VLVideoProcessor(
+            size=size, patch_size=14, temporal_patch_size=2, merge_size=2, cap_pixels_per_frame=True
+        ),
         tokenizer=tokenizer,
         chat_template=QWEN_CHAT_TEMPLATE,
     )
@@ -435,7 +438,7 @@ def tiny_base_path(cache_dir: str | os.PathLike[str] | None = None, *, seed: int
     """Return the folder of the default tiny base, building it at most once per process.
 
     Meant for test fixtures and scripts' defaults: the first call builds (a few seconds), later calls return
-    the same folder.
+    the same folder. Treat it as read-only: every caller in the process shares it.
 
     Args:
         cache_dir: where to keep the build. None: a temporary folder removed when the process exits. A path:
