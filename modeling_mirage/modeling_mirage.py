@@ -1,0 +1,885 @@
+"""Mirage: Qwen2.5-VL that reasons with latent visual tokens (arXiv 2506.17218, "Machine Mental Imagery").
+
+Inside a latent block `<|latent_start|> <|latent_pad|> x k <|latent_end|>` the input at every pad position is not a
+token embedding but a vector in the LLM's hidden space. Where it comes from, in order of precedence:
+
+1. `latent_embeds` given by the caller (replay: e.g. GRPO rescoring the latents a rollout produced),
+2. stage-1 targets from a helper image (`helper_pixel_values`): the frozen vision tower's merged patch sequence,
+   trimmed to a multiple of k, split into k contiguous raster chunks, each mean-pooled (teacher forcing),
+3. the model's own last hidden state (after the final norm) at the previous position: stage 2 and inference. Pad j
+   depends on pad j-1, so the sequence is run in chunks that end right before each pad column, carrying the KV cache
+   between chunks: one forward's worth of compute, and gradients flow through the whole chain.
+
+The filling happens in the backbone (`MirageModel`, the class of `model.model`), because TRL's fused LM head calls
+`model.base_model(...)` directly. `MirageForConditionalGeneration.generate` keeps every `GenerationMixin` feature and
+switches rows in and out of latent mode independently, with the KV cache.
+
+The file imports only torch, transformers and its siblings: it travels as Hub remote code.
+"""
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, LogitsProcessor, LogitsProcessorList
+from transformers.cache_utils import DynamicCache
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLModel,
+    Qwen2_5_VLTextModel,
+)
+
+from .configuration_mirage import LATENT_TOKENS, MirageConfig
+
+# transformers 5.24 renamed the cache argument `past_key_values` -> `cache` (the old name goes away in 5.40). Pass it to
+# the stock language model under whichever name the installed version declares, and return it in outputs the same way.
+_CACHE_ARG = "cache" if "cache" in inspect.signature(Qwen2_5_VLTextModel.forward).parameters else "past_key_values"
+_CACHE_FIELD = "cache" if "cache" in MultimodalBaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+try:  # transformers >= 5 renames Hub checkpoint keys at load time; custom classes must opt in to the stock table.
+    from transformers.conversion_mapping import (
+        get_checkpoint_conversion_mapping,
+        register_checkpoint_conversion_mapping,
+    )
+except ImportError:  # pragma: no cover - older transformers load Hub names through `_checkpoint_conversion_mapping`
+    get_checkpoint_conversion_mapping = register_checkpoint_conversion_mapping = None
+
+
+def _register_conversions() -> None:
+    """Give the Mirage classes the stock Qwen2.5-VL key renames, so Qwen2.5-VL and Mirage checkpoints load exactly."""
+    if register_checkpoint_conversion_mapping is None:
+        return
+    for ours, stock in (
+        ("MirageForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
+        ("MirageModel", "Qwen2_5_VLModel"),
+    ):
+        mapping = get_checkpoint_conversion_mapping(stock)
+        if mapping is not None:
+            register_checkpoint_conversion_mapping(ours, mapping, overwrite=True)
+
+
+_register_conversions()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MirageModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+    """Backbone output plus what the latent chain produced.
+
+    latent_positions (`torch.LongTensor` of shape `(num_pads, 2)`): `(row, column)` of every `<|latent_pad|>` in the
+        inputs, row-major (the order every other `latent_*` field uses).
+    latent_inputs (`torch.FloatTensor` of shape `(num_pads, hidden)`): the embedding fed at each pad.
+    latent_hidden (`torch.FloatTensor` of shape `(num_pads, hidden)`): the final-norm hidden state at the position
+        before each pad, i.e. the model's own prediction of that pad's input (the stage-1 loss compares it with the
+        target).
+    latent_targets (`torch.FloatTensor` of shape `(num_pads, hidden)`): stage-1 targets from helper images, when given.
+    """
+
+    latent_positions: torch.LongTensor | None = None
+    latent_inputs: torch.FloatTensor | None = None
+    latent_hidden: torch.FloatTensor | None = None
+    latent_targets: torch.FloatTensor | None = None
+
+
+@dataclass
+class MirageCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+    """Causal LM output plus the latent fields of [`MirageModelOutputWithPast`] and `final_hidden_state`.
+
+    final_hidden_state (`torch.FloatTensor` of shape `(batch, hidden)`): the final-norm hidden state at the last input
+        position of every row: what a latent step right after these inputs would be fed.
+    """
+
+    latent_positions: torch.LongTensor | None = None
+    latent_inputs: torch.FloatTensor | None = None
+    latent_hidden: torch.FloatTensor | None = None
+    latent_targets: torch.FloatTensor | None = None
+    final_hidden_state: torch.FloatTensor | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The KV cache used between the chunks of a latent chain when the caller asked for no cache (training)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _ChunkCache(DynamicCache):
+    """Cache for one chunk of a latent chain: holds the keys/values of the earlier chunks fixed and returns them
+    concatenated with the current chunk's, remembering (never appending) the current chunk's entries.
+
+    Because `update` replaces instead of appending, running a layer twice on the same chunk (gradient checkpointing
+    recomputes layers during backward) sees exactly the same past; a `DynamicCache` would grow a second time.
+    """
+
+    def __init__(self, past: list[tuple[torch.Tensor, torch.Tensor]] | None, past_length: int):
+        super().__init__()
+        self._past = past
+        self._past_length = past_length
+        self.new: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        self.new[layer_idx] = (key_states, value_states)
+        if self._past is None:
+            return key_states, value_states
+        past_k, past_v = self._past[layer_idx]
+        return torch.cat([past_k, key_states], dim=-2), torch.cat([past_v, value_states], dim=-2)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self._past_length
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        return self._past_length
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self._past_length + query_length, 0
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    def extended(self, query_length: int) -> "_ChunkCache":
+        """The cache of the next chunk: this chunk's past plus its own entries."""
+        layers = sorted(self.new)
+        if self._past is None:
+            past = [self.new[i] for i in layers]
+        else:
+            past = [
+                (
+                    torch.cat([self._past[i][0], self.new[i][0]], dim=-2),
+                    torch.cat([self._past[i][1], self.new[i][1]], dim=-2),
+                )
+                for i in layers
+            ]
+        return _ChunkCache(past, self._past_length + query_length)
+
+
+class _CheckpointWithCache:
+    """Let gradient-checkpointed decoder layers keep a `_ChunkCache` (they drop any cache by default, which would cut
+    every chunk off from the ones before it)."""
+
+    def __init__(self, layers: nn.ModuleList):
+        self.layers = layers
+
+    def __enter__(self):
+        for layer in self.layers:
+            layer._can_checkpoint_with_cache = True
+
+    def __exit__(self, *exc):
+        for layer in self.layers:
+            layer.__dict__.pop("_can_checkpoint_with_cache", None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Backbone
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MirageModel(Qwen2_5_VLModel):
+    """Qwen2.5-VL backbone whose `<|latent_pad|>` positions are filled with latent vectors (see the module docstring)."""
+
+    config_class = MirageConfig
+
+    def __init__(self, config: MirageConfig):
+        super().__init__(config)
+
+    # ---- stage-1 targets ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def latent_targets_from_images(
+        self, helper_pixel_values: torch.Tensor, helper_image_grid_thw: torch.LongTensor
+    ) -> list[torch.Tensor]:
+        """k target vectors per helper image, LLM width: `[(k, hidden), ...]`, one entry per image.
+
+        The frozen vision tower (patch merger included) turns each image into a raster sequence of merged patches;
+        the sequence is trimmed to a multiple of k, split into k contiguous chunks (stripes of rows, not 2-D tiles)
+        and each chunk is mean-pooled. Computed without gradients: targets are constants of the stage-1 loss.
+        """
+        k = self.config.latent_num_tokens
+        features = self.get_image_features(helper_pixel_values, helper_image_grid_thw, return_dict=True).pooler_output
+        targets = []
+        for index, feature in enumerate(features):  # (n_merged, hidden)
+            usable = feature.shape[0] - feature.shape[0] % k
+            if usable == 0:
+                raise ValueError(
+                    f"helper image {index} has {feature.shape[0]} merged patches, fewer than latent_num_tokens={k}; "
+                    "use a larger helper image"
+                )
+            targets.append(feature[:usable].reshape(k, usable // k, -1).mean(dim=1))  # (k, hidden)
+        return targets
+
+    # ---- where the latent vectors come from -----------------------------------------------------------------------
+
+    def _latent_blocks(self, row_ids: list[int]) -> list[tuple[int, list[int]]]:
+        """`(start column, [pad columns])` of every latent block in one row (a block may be unterminated)."""
+        pad, start, end = self.config.latent_token_ids
+        blocks, current = [], None
+        for column, token in enumerate(row_ids):
+            if token == start:
+                current = (column, [])
+                blocks.append(current)
+            elif token == pad and current is not None:
+                current[1].append(column)
+            elif token == end:
+                current = None
+            elif current is not None:
+                current = None
+        return blocks
+
+    def _teacher_forced_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        pad_mask: torch.Tensor,
+        helper_pixel_values: torch.Tensor,
+        helper_image_grid_thw: torch.LongTensor,
+        helper_image_counts: torch.LongTensor | None,
+    ) -> torch.Tensor:
+        """Stage-1 targets for every pad, row-major `(num_pads, hidden)`, after checking the blocks match the images."""
+        k = self.config.latent_num_tokens
+        rows = input_ids.tolist()
+        blocks_per_row = [self._latent_blocks(row) for row in rows]
+        for r, blocks in enumerate(blocks_per_row):
+            for start_col, pads in blocks:
+                if len(pads) != k:
+                    raise ValueError(
+                        f"row {r}: the latent block opened at position {start_col} has {len(pads)} <|latent_pad|> "
+                        f"tokens, but teacher forcing with helper images needs exactly latent_num_tokens={k}"
+                    )
+            stray = int(pad_mask[r].sum()) - sum(len(p) for _, p in blocks)
+            if stray:
+                raise ValueError(f"row {r}: {stray} <|latent_pad|> token(s) outside any latent block")
+        n_images = int(helper_image_grid_thw.shape[0])
+        if helper_image_counts is not None:
+            counts = [int(c) for c in helper_image_counts.tolist()]
+            if len(counts) != len(rows):
+                raise ValueError(f"helper_image_counts has {len(counts)} entries for a batch of {len(rows)} rows")
+            if sum(counts) != n_images:
+                raise ValueError(f"helper_image_counts sums to {sum(counts)} but {n_images} helper images were given")
+            for r, (count, blocks) in enumerate(zip(counts, blocks_per_row)):
+                if count and not blocks:
+                    raise ValueError(f"row {r}: {count} helper image(s) given but the row has no latent block")
+                if count != len(blocks):
+                    raise ValueError(f"row {r}: {count} helper image(s) given for {len(blocks)} latent block(s)")
+        else:
+            n_blocks = sum(len(b) for b in blocks_per_row)
+            if n_images != n_blocks:
+                empty = [r for r, b in enumerate(blocks_per_row) if not b]
+                where = f" (rows without a block: {empty})" if empty and n_images > n_blocks else ""
+                raise ValueError(
+                    f"{n_images} helper image(s) given for {n_blocks} latent block(s) in the batch{where}; "
+                    "pass one helper image per block, in row order"
+                )
+        targets = self.latent_targets_from_images(helper_pixel_values, helper_image_grid_thw)
+        if not targets:
+            return self.get_input_embeddings().weight.new_zeros(0, self.config.text_config.hidden_size)
+        return torch.cat(targets, dim=0)  # blocks are consumed in row-major order, pads likewise
+
+    def _replayed_inputs(self, latent_embeds, pad_mask: torch.Tensor, hidden_size: int) -> torch.Tensor:
+        """Caller-given latents as a row-major `(num_pads, hidden)` tensor, after checking count and width."""
+        counts = pad_mask.sum(dim=1).tolist()
+        if isinstance(latent_embeds, (list, tuple)):
+            if len(latent_embeds) != len(counts):
+                raise ValueError(f"latent_embeds has {len(latent_embeds)} rows for a batch of {len(counts)} rows")
+            for r, (row, count) in enumerate(zip(latent_embeds, counts)):
+                if row.ndim != 2 or row.shape[0] != count or row.shape[1] != hidden_size:
+                    raise ValueError(
+                        f"row {r}: latent_embeds has shape {tuple(row.shape)} but the row has {count} "
+                        f"<|latent_pad|> token(s) and the model width is {hidden_size}; expected ({count}, {hidden_size})"
+                    )
+            flat = torch.cat(list(latent_embeds), dim=0) if latent_embeds else None
+        else:
+            flat = latent_embeds
+        total = int(sum(counts))
+        if flat is None or flat.ndim != 2 or flat.shape[0] != total or flat.shape[1] != hidden_size:
+            shape = None if flat is None else tuple(flat.shape)
+            raise ValueError(
+                f"latent_embeds has shape {shape} but the batch has {total} <|latent_pad|> token(s) and the model width "
+                f"is {hidden_size}; expected ({total}, {hidden_size}) or a list of per-row tensors"
+            )
+        return flat
+
+    # ---- positions ------------------------------------------------------------------------------------------------
+
+    def _position_ids(
+        self,
+        input_ids,
+        inputs_embeds,
+        attention_mask,
+        mm_token_type_ids,
+        image_grid_thw,
+        video_grid_thw,
+        second_per_grid_ts,
+        past_length: int,
+    ) -> torch.Tensor:
+        """`(3, batch, seq)` rotary positions: Qwen2.5-VL's 3-D positions for vision tokens, 1-D text positions for
+        everything else (latent pads included), counted over real tokens only so padding never shifts them."""
+        batch, seq = inputs_embeds.shape[:2]
+        has_vision = image_grid_thw is not None or video_grid_thw is not None
+        if past_length == 0 and input_ids is not None and has_vision:
+            if mm_token_type_ids is None:
+                mm_token_type_ids = (input_ids == self.config.image_token_id).int()
+                mm_token_type_ids = mm_token_type_ids + 2 * (input_ids == self.config.video_token_id).int()
+            position_ids, self.rope_deltas = self.get_rope_index(
+                input_ids,
+                mm_token_type_ids=mm_token_type_ids,
+                image_grid_thw=image_grid_thw,
+                video_grid_thw=video_grid_thw,
+                second_per_grid_ts=second_per_grid_ts,
+                attention_mask=attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None,
+            )
+            return position_ids
+        if attention_mask is not None and attention_mask.ndim == 2:
+            text = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+        else:
+            text = torch.arange(past_length, past_length + seq, device=inputs_embeds.device).expand(batch, seq)
+        if past_length > 0 and self.rope_deltas is not None and self.rope_deltas.shape[0] in (1, batch):
+            text = text + self.rope_deltas.to(text.device)
+        return text.unsqueeze(0).expand(3, batch, seq)
+
+    # ---- forward --------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+        mm_encoder_outputs: dict | None = None,
+        latent_embeds: torch.Tensor | list[torch.Tensor] | None = None,
+        helper_pixel_values: torch.Tensor | None = None,
+        helper_image_grid_thw: torch.LongTensor | None = None,
+        helper_image_counts: torch.LongTensor | None = None,
+        latent_prev_hidden: torch.Tensor | None = None,
+        past_key_values=None,
+        **kwargs,
+    ) -> MirageModelOutputWithPast:
+        r"""
+        Runs the Qwen2.5-VL backbone with every `<|latent_pad|>` input filled by a latent vector.
+
+        latent_embeds (`torch.Tensor` of shape `(num_pads, hidden)` or a list of per-row `(n_r, hidden)` tensors):
+            Replay: the vectors to feed at the pads, in order (e.g. `generate(...).latents`).
+        helper_pixel_values, helper_image_grid_thw (*optional*):
+            Stage 1: helper images (processed like `pixel_values`), one per latent block in row-major order; their
+            chunk means are teacher-forced into the pads and returned as `latent_targets`.
+        helper_image_counts (`torch.LongTensor` of shape `(batch,)`, *optional*):
+            Helper images per row, to check them against the row's latent blocks.
+        latent_prev_hidden (`torch.Tensor` of shape `(batch, hidden)`, *optional*):
+            The hidden state before the first input position (cached decoding), for a pad in the first column.
+        """
+        cache = cache if cache is not None else past_key_values
+        if (pixel_values is not None or pixel_values_videos is not None) and mm_encoder_outputs:
+            raise ValueError("pass pixel_values/pixel_values_videos or mm_encoder_outputs, not both")
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids or inputs_embeds")
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, D)
+
+        # Vision tokens: the stock Qwen2.5-VL scatter of image/video features into their placeholder positions.
+        mm_encoder_outputs = dict(mm_encoder_outputs or {})
+        if mm_encoder_outputs.get("image") is None and pixel_values is not None:
+            mm_encoder_outputs["image"] = self.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        if mm_encoder_outputs.get("video") is None and pixel_values_videos is not None:
+            mm_encoder_outputs["video"] = self.get_video_features(
+                pixel_values_videos, video_grid_thw, return_dict=True
+            )
+        if mm_encoder_outputs.get("image") is not None:
+            image_embeds = torch.cat(mm_encoder_outputs["image"].pooler_output, dim=0).to(
+                inputs_embeds.device, inputs_embeds.dtype
+            )
+            image_mask, _ = self.get_placeholder_mask(
+                input_ids, inputs_embeds=inputs_embeds, image_features=image_embeds
+            )
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_embeds)
+        if mm_encoder_outputs.get("video") is not None:
+            video_embeds = torch.cat(mm_encoder_outputs["video"].pooler_output, dim=0).to(
+                inputs_embeds.device, inputs_embeds.dtype
+            )
+            _, video_mask = self.get_placeholder_mask(
+                input_ids, inputs_embeds=inputs_embeds, video_features=video_embeds
+            )
+            inputs_embeds = inputs_embeds.masked_scatter(video_mask, video_embeds)
+
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = self._position_ids(
+                input_ids,
+                inputs_embeds,
+                attention_mask,
+                mm_token_type_ids,
+                image_grid_thw,
+                video_grid_thw,
+                second_per_grid_ts,
+                past_length,
+            )
+
+        hidden_size = inputs_embeds.shape[-1]
+        pad_mask = (
+            input_ids == self.config.latent_pad_token_id
+            if input_ids is not None
+            else torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+        )
+        latent_positions = pad_mask.nonzero()  # (N, 2) row-major
+        latent_targets = None
+        language_kwargs = dict(kwargs, attention_mask=attention_mask, use_cache=use_cache)
+
+        if latent_embeds is not None or helper_pixel_values is not None:
+            # Replay or teacher forcing: every pad's input is known up front, so one ordinary forward does it.
+            if latent_embeds is not None:
+                fills = self._replayed_inputs(latent_embeds, pad_mask, hidden_size)
+            else:
+                if helper_image_grid_thw is None:
+                    raise ValueError("helper_pixel_values needs helper_image_grid_thw")
+                fills = latent_targets = self._teacher_forced_inputs(
+                    input_ids, pad_mask, helper_pixel_values, helper_image_grid_thw, helper_image_counts
+                )
+            fills = fills.to(inputs_embeds.device, inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(pad_mask.unsqueeze(-1), fills)
+            outputs = self.language_model(
+                inputs_embeds=inputs_embeds, position_ids=position_ids, **{_CACHE_ARG: cache}, **language_kwargs
+            )
+            hidden = outputs.last_hidden_state  # (B, T, D)
+            latent_inputs = fills
+            out_cache = getattr(outputs, _CACHE_FIELD, None)
+        else:
+            # Self-filling chain (stage 2, inference): each pad takes the hidden state one position earlier.
+            hidden, latent_inputs, out_cache, outputs = self._run_latent_chain(
+                inputs_embeds, pad_mask, position_ids, cache, use_cache, latent_prev_hidden, language_kwargs
+            )
+
+        latent_hidden = self._hidden_before_pads(hidden, latent_positions, latent_prev_hidden)
+        return MirageModelOutputWithPast(
+            last_hidden_state=hidden,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=mm_encoder_outputs.get("image"),
+            video_outputs=mm_encoder_outputs.get("video"),
+            latent_positions=latent_positions,
+            latent_inputs=latent_inputs,
+            latent_hidden=latent_hidden,
+            latent_targets=latent_targets,
+            **{_CACHE_FIELD: out_cache},
+        )
+
+    @staticmethod
+    def _hidden_before_pads(hidden, latent_positions, latent_prev_hidden) -> torch.Tensor:
+        """`(num_pads, hidden)`: the hidden state at the position before each pad (from `latent_prev_hidden` for a pad
+        in the first column of a cached call)."""
+        rows, cols = latent_positions[:, 0], latent_positions[:, 1]
+        before = hidden[rows, (cols - 1).clamp(min=0)]
+        if latent_prev_hidden is not None and bool((cols == 0).any()):
+            before = torch.where((cols == 0).unsqueeze(-1), latent_prev_hidden[rows].to(before.dtype), before)
+        return before
+
+    def _run_latent_chain(
+        self, inputs_embeds, pad_mask, position_ids, cache, use_cache, latent_prev_hidden, language_kwargs
+    ):
+        """Run the language model so that every pad's input is the final hidden state one position earlier.
+
+        The sequence is split at every column where some row has a pad; each chunk starts with such a column, whose
+        pad rows take the last hidden state of the chunk before. The chunks share a KV cache: the caller's (generation)
+        or, when the caller wants none, a `_ChunkCache` that gradient checkpointing can recompute through.
+        Returns `(hidden (B, T, D), latent_inputs (N, D), cache, last language-model output)`.
+        """
+        batch, seq, _ = inputs_embeds.shape
+        pad_columns = pad_mask.any(dim=0).nonzero().flatten().tolist()
+        fills = torch.zeros_like(inputs_embeds)  # the latent input placed at each pad, gathered at the end
+
+        if pad_columns and pad_columns[0] == 0:
+            # A pad in the first column continues a chain from an earlier call (cached decoding).
+            if latent_prev_hidden is None:
+                rows = pad_mask[:, 0].nonzero().flatten().tolist()
+                raise ValueError(
+                    f"rows {rows}: a <|latent_pad|> in the first input position needs the hidden state before it; pass "
+                    "latent_prev_hidden (as generate does) or latent_embeds"
+                )
+            first = torch.where(pad_mask[:, 0:1], latent_prev_hidden.to(inputs_embeds.dtype), inputs_embeds[:, 0])
+            inputs_embeds = torch.cat([first.unsqueeze(1), inputs_embeds[:, 1:]], dim=1)
+            fills = torch.cat([first.unsqueeze(1), fills[:, 1:]], dim=1)
+            pad_columns = pad_columns[1:]
+
+        keep_cache = cache is not None or bool(use_cache)
+        if not pad_columns:
+            outputs = self.language_model(
+                inputs_embeds=inputs_embeds, position_ids=position_ids, **{_CACHE_ARG: cache}, **language_kwargs
+            )
+            return outputs.last_hidden_state, fills[pad_mask], getattr(outputs, _CACHE_FIELD, None), outputs
+
+        attention_mask = language_kwargs.pop("attention_mask")
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if keep_cache and cache is None:
+            cache = DynamicCache(config=self.config.text_config)
+        chunk_cache = cache if keep_cache else _ChunkCache(None, 0)
+        bounds = [0, *pad_columns, seq]
+        hidden_chunks: list[torch.Tensor] = []
+        with _CheckpointWithCache(self.language_model.layers):
+            for s, e in zip(bounds[:-1], bounds[1:]):
+                chunk = inputs_embeds[:, s:e]
+                if s > 0:  # s is a pad column: pad rows take the hidden state at s - 1
+                    rows = pad_mask[:, s : s + 1]
+                    first = torch.where(rows, hidden_chunks[-1][:, -1], chunk[:, 0])
+                    chunk = torch.cat([first.unsqueeze(1), chunk[:, 1:]], dim=1)
+                    fills = torch.cat(
+                        [fills[:, :s], torch.where(rows, first, fills[:, s]).unsqueeze(1), fills[:, s + 1 :]], dim=1
+                    )
+                mask = attention_mask
+                if mask is not None and mask.ndim == 2:
+                    mask = mask[:, : past_length + e]
+                outputs = self.language_model(
+                    inputs_embeds=chunk,
+                    attention_mask=mask,
+                    position_ids=position_ids[..., s:e],
+                    **{_CACHE_ARG: chunk_cache},
+                    **language_kwargs,
+                )
+                hidden_chunks.append(outputs.last_hidden_state)
+                if not keep_cache:
+                    chunk_cache = chunk_cache.extended(e - s)
+        hidden = torch.cat(hidden_chunks, dim=1)
+        return hidden, fills[pad_mask], (cache if keep_cache else None), outputs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Generation: per-row latent mode
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class LatentModeLogitsProcessor(LogitsProcessor):
+    """Enforces the latent block protocol row by row during generation.
+
+    A row is in latent mode when its last `<|latent_start|>` has no `<|latent_end|>` after it. In latent mode the next
+    token is forced to `<|latent_pad|>` until the block has `num_tokens` pads, then to `<|latent_end|>` (rule
+    `"fixed"`); with rule `"predicted"` the model chooses between pad and end until `max_tokens` pads. Outside latent
+    mode pads and ends are never produced.
+    """
+
+    def __init__(self, pad_id: int, start_id: int, end_id: int, num_tokens: int, max_tokens: int, rule: str = "fixed"):
+        self.pad_id, self.start_id, self.end_id = pad_id, start_id, end_id
+        self.num_tokens, self.max_tokens, self.rule = num_tokens, max_tokens, rule
+
+    def block_state(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(in_block (B,), pads_so_far (B,))` for the last position of every row."""
+        seq = input_ids.shape[1]
+        columns = torch.arange(seq, device=input_ids.device).expand_as(input_ids)
+        last_start = torch.where(input_ids == self.start_id, columns, -1).amax(dim=1)
+        last_end = torch.where(input_ids == self.end_id, columns, -1).amax(dim=1)
+        in_block = last_start > last_end
+        pads = ((input_ids == self.pad_id) & (columns > last_start.unsqueeze(1))).sum(dim=1)
+        return in_block, torch.where(in_block, pads, 0)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        in_block, pads = self.block_state(input_ids)
+        neg = torch.finfo(scores.dtype).min
+        outside = scores.clone()
+        outside[:, [self.pad_id, self.end_id]] = neg
+        if self.rule == "fixed":
+            forced_end = pads >= self.num_tokens
+        else:
+            forced_end = pads >= self.max_tokens
+        forced = torch.full_like(scores, neg)
+        forced_token = torch.where(forced_end, self.end_id, self.pad_id)
+        forced.scatter_(1, forced_token.unsqueeze(1), 0.0)
+        if self.rule == "predicted":
+            # Free choice between another pad and the end (earlier warpers may have pushed both to -inf: then pad).
+            choice = torch.full_like(scores, neg)
+            choice[:, [self.pad_id, self.end_id]] = scores[:, [self.pad_id, self.end_id]]
+            both_masked = (choice[:, [self.pad_id, self.end_id]] <= neg).all(dim=1, keepdim=True)
+            choice = torch.where(both_masked, forced, choice)
+            forced = torch.where(forced_end.unsqueeze(1), forced, choice)
+        return torch.where(in_block.unsqueeze(1), forced, outside)
+
+
+class _LatentTrace:
+    """What `generate` records per row: the latent vectors fed at pad positions, in order."""
+
+    def __init__(self):
+        self.rows: list[list[torch.Tensor]] | None = None
+        self.hidden_by_length: dict[int, torch.Tensor] = {}
+
+    def record(self, outputs, input_length: int) -> None:
+        hidden = outputs.final_hidden_state  # (B, D)
+        if self.rows is None:
+            self.rows = [[] for _ in range(hidden.shape[0])]
+        if outputs.latent_positions is not None and outputs.latent_positions.numel():
+            for (row, _), vector in zip(outputs.latent_positions.tolist(), outputs.latent_inputs.detach()):
+                self.rows[row].append(vector)
+        # The hidden state that a pad chosen at this step will be fed; kept for the last few steps only.
+        self.hidden_by_length[input_length] = hidden.detach()
+        for length in [n for n in self.hidden_by_length if n < input_length - 4]:
+            del self.hidden_by_length[length]
+
+    def per_row(self, sequences: torch.LongTensor, pad_id: int, hidden_size: int) -> list[torch.Tensor]:
+        """Per-row `(n_r, hidden)` tensors matching the pads of `sequences` (a pad chosen at the last step was never
+        fed, so its vector comes from the step that chose it)."""
+        latents = []
+        for row, ids in enumerate(sequences):
+            pad_columns = (ids == pad_id).nonzero().flatten().tolist()
+            recorded = list(self.rows[row]) if self.rows is not None else []
+            recorded = recorded[: len(pad_columns)]
+            while len(recorded) < len(pad_columns):
+                column = pad_columns[len(recorded)]
+                if column not in self.hidden_by_length:
+                    raise RuntimeError(f"row {row}: no hidden state recorded for the latent pad at position {column}")
+                recorded.append(self.hidden_by_length[column][row])
+            latents.append(
+                torch.stack(recorded) if recorded else sequences.new_zeros((0, hidden_size), dtype=torch.float)
+            )
+        return latents
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model with LM head
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MirageForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
+    """Mirage: Qwen2.5-VL with latent visual tokens. Load with `AutoModel.from_pretrained(..., trust_remote_code=True)`
+    or build from a Qwen2.5-VL checkpoint with [`MirageForConditionalGeneration.from_base`]."""
+
+    config_class = MirageConfig
+
+    def __init__(self, config: MirageConfig):
+        super().__init__(config)
+        self.model = MirageModel(config)
+        self.post_init()
+        self._latent_trace: _LatentTrace | None = None
+
+    # ---- conversion -----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_base(
+        cls, pretrained_model_name_or_path, latent_num_tokens: int = 4, processor=None, **kwargs
+    ) -> "MirageForConditionalGeneration":
+        """Turn a Qwen2.5-VL checkpoint (folder or Hub id) into a Mirage model.
+
+        `processor` is the matching [`MirageProcessor`] (built with `MirageProcessor.from_base` when not given); its
+        tokenizer fixes the latent token ids. For a stock checkpoint the three new tokens get embedding and LM-head
+        rows set to the mean of the existing rows (the matrices grow only when they have no spare rows); every other
+        weight is kept bit for bit. An official Mirage checkpoint already has the tokens: their trained rows are kept.
+        `kwargs` go to `from_pretrained` (`dtype`, `device_map`, `revision`, ...).
+        """
+        from .processing_mirage import MirageProcessor
+
+        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        base_config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if base_config.model_type not in ("qwen2_5_vl", "mirage"):
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} is a {base_config.model_type!r} checkpoint; Mirage converts "
+                "Qwen2.5-VL checkpoints (model_type 'qwen2_5_vl')"
+            )
+        if processor is None:
+            processor = MirageProcessor.from_base(pretrained_model_name_or_path, latent_num_tokens, **hub_kwargs)
+        tokenizer = processor.tokenizer
+        vocab = tokenizer.get_vocab()
+        pad_id, start_id, end_id = (vocab[t] for t in LATENT_TOKENS)
+        already_trained = _tokens_in_base(pretrained_model_name_or_path, hub_kwargs)
+
+        config_dict = base_config.to_dict()
+        for key in ("model_type", "auto_map", "architectures", "transformers_version"):
+            config_dict.pop(key, None)
+        config_dict.update(
+            latent_num_tokens=latent_num_tokens,
+            latent_pad_token_id=pad_id,
+            latent_start_token_id=start_id,
+            latent_end_token_id=end_id,
+        )
+        config = MirageConfig(**config_dict)
+        model = cls.from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)
+        if not already_trained:
+            model._init_new_token_rows([pad_id, start_id, end_id], len(tokenizer))
+        return model
+
+    @torch.no_grad()
+    def _init_new_token_rows(self, new_ids: list[int], vocab_size: int) -> None:
+        """Give new token ids embedding and LM-head rows equal to the mean of the rows before them (growing the
+        matrices only if they are too small); all existing rows stay bit-exact."""
+        first_new = min(new_ids)
+        if self.get_input_embeddings().num_embeddings < vocab_size:
+            self.resize_token_embeddings(vocab_size, mean_resizing=False)
+        for weight in (self.get_input_embeddings().weight, self.get_output_embeddings().weight):
+            mean = weight[:first_new].float().mean(dim=0).to(weight.dtype)
+            weight[new_ids] = mean
+
+    # ---- forward --------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict | None = None,
+        latent_embeds: torch.Tensor | list[torch.Tensor] | None = None,
+        helper_pixel_values: torch.Tensor | None = None,
+        helper_image_grid_thw: torch.LongTensor | None = None,
+        helper_image_counts: torch.LongTensor | None = None,
+        latent_prev_hidden: torch.Tensor | None = None,
+        past_key_values=None,
+        **kwargs,
+    ) -> MirageCausalLMOutputWithPast:
+        r"""
+        Qwen2.5-VL forward with latent pads filled (see [`MirageModel.forward`] for the `latent_*` / `helper_*`
+        arguments). `labels` at `<|latent_pad|>` positions are ignored: latent positions carry no token loss.
+        """
+        return_dict = kwargs.pop("return_dict", True)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            mm_token_type_ids=mm_token_type_ids,
+            second_per_grid_ts=second_per_grid_ts,
+            mm_encoder_outputs=mm_encoder_outputs,
+            latent_embeds=latent_embeds,
+            helper_pixel_values=helper_pixel_values,
+            helper_image_grid_thw=helper_image_grid_thw,
+            helper_image_counts=helper_image_counts,
+            latent_prev_hidden=latent_prev_hidden,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state  # (B, T, D)
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            if input_ids is not None:
+                labels = labels.masked_fill(input_ids == self.config.latent_pad_token_id, -100)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+
+        result = MirageCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
+            video_outputs=outputs.video_outputs,
+            latent_positions=outputs.latent_positions,
+            latent_inputs=outputs.latent_inputs,
+            latent_hidden=outputs.latent_hidden,
+            latent_targets=outputs.latent_targets,
+            final_hidden_state=hidden[:, -1],
+            **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)},
+        )
+        return result if return_dict else result.to_tuple()
+
+    # ---- generation -----------------------------------------------------------------------------------------------
+
+    def latent_logits_processor(self) -> LatentModeLogitsProcessor:
+        """The processor `generate` adds to enforce latent blocks (exposed for custom decoding loops)."""
+        c = self.config
+        return LatentModeLogitsProcessor(
+            c.latent_pad_token_id,
+            c.latent_start_token_id,
+            c.latent_end_token_id,
+            c.latent_num_tokens,
+            c.latent_max_tokens,
+            c.latent_end_rule,
+        )
+
+    def generate(self, inputs=None, generation_config=None, logits_processor=None, **kwargs):
+        """`GenerationMixin.generate` with per-row latent mode.
+
+        Every row decodes text until it produces `<|latent_start|>`; from then on each step feeds the row's own last
+        hidden state and records `<|latent_pad|>`, until `<|latent_end|>` (after `latent_num_tokens` pads, or as the
+        model predicts with `config.latent_end_rule="predicted"`). Rows enter and leave latent mode independently and
+        the KV cache is used throughout. Greedy and sampling decoding, logits processors, stopping criteria,
+        streamers, `num_return_sequences` and `return_dict_in_generate` (scores, logits) all work; with
+        `return_dict_in_generate=True` the output also has `latents`: per row, the `(n_r, hidden)` vectors fed at that
+        row's pad positions, prompt included, which `forward(sequences, latent_embeds=latents)` replays exactly.
+        Beam search, assisted/speculative decoding and prompt lookup are not supported (a `ValueError` says so).
+        """
+        config = generation_config if generation_config is not None else self.generation_config
+        for name, unsupported in (
+            ("num_beams", lambda v: v is not None and v > 1),
+            ("assistant_model", lambda v: v is not None),
+            ("prompt_lookup_num_tokens", lambda v: v is not None),
+            ("num_assistant_tokens", lambda v: False),
+        ):
+            value = kwargs.get(name, getattr(config, name, None))
+            if unsupported(value):
+                raise ValueError(
+                    f"Mirage generation does not support {name}={value!r}: latent steps feed hidden states, which "
+                    "beam search and assisted decoding cannot reorder or verify; use greedy or sampling"
+                )
+        processors = LogitsProcessorList([self.latent_logits_processor()])
+        if logits_processor is not None:
+            processors.extend(logits_processor)
+        self._latent_trace = _LatentTrace()
+        try:
+            output = super().generate(
+                inputs, generation_config=generation_config, logits_processor=processors, **kwargs
+            )
+            if not isinstance(output, torch.Tensor):
+                latents = self._latent_trace.per_row(
+                    output.sequences, self.config.latent_pad_token_id, self.config.text_config.hidden_size
+                )
+                output = MirageGenerateOutput(**output, latents=latents)
+        finally:
+            self._latent_trace = None
+        return output
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        # The next step may be a latent step: it will be fed this hidden state (rows that emit a pad only).
+        model_kwargs["latent_prev_hidden"] = outputs.final_hidden_state
+        if self._latent_trace is not None:
+            mask = model_kwargs.get("attention_mask")
+            length = mask.shape[1] if mask is not None else None
+            if length is None:  # no mask: the position ids or cache length tell the sequence length
+                length = model_kwargs["position_ids"].shape[-1] if "position_ids" in model_kwargs else 0
+            self._latent_trace.record(outputs, length)
+        return model_kwargs
+
+
+@dataclass
+class MirageGenerateOutput(GenerateDecoderOnlyOutput):
+    """`GenerateDecoderOnlyOutput` plus `latents`: per row, the `(n_r, hidden)` vectors fed at its latent pads."""
+
+    latents: list[torch.Tensor] | None = None
+
+
+def _tokens_in_base(path, hub_kwargs) -> bool:
+    """Whether the checkpoint's own tokenizer already has the latent tokens (an official Mirage checkpoint)."""
+    from transformers import AutoTokenizer
+
+    try:
+        vocab = AutoTokenizer.from_pretrained(path, **hub_kwargs).get_vocab()
+    except (OSError, ValueError):
+        return False
+    return all(t in vocab for t in LATENT_TOKENS)
+
+
+MirageConfig.register_for_auto_class("AutoConfig")
+MirageForConditionalGeneration.register_for_auto_class("AutoModel")
+
+__all__ = ["MirageForConditionalGeneration", "MirageModel", "LatentModeLogitsProcessor", "MirageGenerateOutput"]
