@@ -20,7 +20,7 @@ import os
 import random
 import re
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -379,7 +379,35 @@ def draw_path(map_desc: MapDesc | np.ndarray, moves: str, color: tuple[int, int,
     return image
 
 
-def iter_cells(grid: np.ndarray) -> Iterable[tuple[Cell, int]]:
-    """Every ``((row, col), code)`` of a map in raster order."""
-    for (r, c), code in np.ndenumerate(grid):
-        yield (int(r), int(c)), int(code)
+@lru_cache(maxsize=8)
+def _tile_codes(cell_w: int, cell_h: int) -> dict[bytes, tuple[int, bool]]:
+    """Tile pixels -> (map code, player here) for every tile :func:`_tiles` can draw."""
+    codes = {"ice": ICE, "hole": HOLE, "goal": GOAL, "start": START, "cracked": HOLE}
+    return {
+        t.tobytes(): (codes[k.split("@")[0]], "@" in k or k == "cracked") for k, t in _tiles(cell_w, cell_h).items()
+    }
+
+
+def map_from_image(image: Image.Image) -> list[list[int]] | None:
+    """Read the ``map_desc`` back from a rendered FrozenLake picture, or ``None`` when it is not one.
+
+    Works on any state picture (the player anywhere, as in the official ``map_NxN_step_k.png``) of a square map of
+    side 3-8; every cell must match one of gymnasium's tiles exactly, so ordinary photos or resized images give
+    ``None``. The official reasoning samples carry no ``map_desc``; this recovers it from their input image.
+    """
+    pixels = np.asarray(image.convert("RGB"))
+    height, width = pixels.shape[:2]
+    side = width // 64
+    if width != height or width % 64 or not MIN_SIDE <= side <= MAX_SIDE:
+        return None
+    table = _tile_codes(64, 64)
+    grid = []
+    for r in range(side):
+        line = []
+        for c in range(side):
+            hit = table.get(np.ascontiguousarray(pixels[r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64]).tobytes())
+            if hit is None:
+                return None
+            line.append(hit[0])
+        grid.append(line)
+    return grid
