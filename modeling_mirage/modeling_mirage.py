@@ -73,8 +73,8 @@ _register_conversions()
 class MirageModelOutputWithPast(MultimodalBaseModelOutputWithPast):
     """Backbone output plus what the latent chain produced.
 
-    latent_positions (`torch.LongTensor` of shape `(num_pads, 2)`): `(row, column)` of every `<|latent_pad|>` in the
-        inputs, row-major (the order every other `latent_*` field uses).
+    latent_positions (`torch.LongTensor` of shape `(num_pads, 2)`): `(row, position)` of every `<|latent_pad|>` in the
+        inputs, row-major (the order every other `latent_*` field uses); positions count cached tokens too.
     latent_inputs (`torch.FloatTensor` of shape `(num_pads, hidden)`): the embedding fed at each pad.
     latent_hidden (`torch.FloatTensor` of shape `(num_pads, hidden)`): the final-norm hidden state at the position
         before each pad, i.e. the model's own prediction of that pad's input (the stage-1 loss compares it with the
@@ -459,6 +459,7 @@ class MirageModel(Qwen2_5_VLModel):
             )
 
         latent_hidden = self._hidden_before_pads(hidden, latent_positions, latent_prev_hidden)
+        latent_positions = latent_positions + torch.tensor([0, past_length], device=latent_positions.device)
         return MirageModelOutputWithPast(
             last_hidden_state=hidden,
             hidden_states=outputs.hidden_states,
@@ -601,40 +602,38 @@ class LatentModeLogitsProcessor(LogitsProcessor):
 
 
 class _LatentTrace:
-    """What `generate` records per row: the latent vectors fed at pad positions, in order."""
+    """What `generate` records per row: the latent vector fed at each pad position."""
 
     def __init__(self):
-        self.rows: list[list[torch.Tensor]] | None = None
+        self.rows: list[dict[int, torch.Tensor]] | None = None
         self.hidden_by_length: dict[int, torch.Tensor] = {}
 
-    def record(self, outputs, input_length: int) -> None:
+    def record(self, outputs, processed_length: int) -> None:
+        """Keep the vectors a forward fed at pads (by absolute position, so a forward without a cache, which refeeds
+        the whole sequence, records nothing twice) and the hidden state a pad chosen next would be fed."""
         hidden = outputs.final_hidden_state  # (B, D)
         if self.rows is None:
-            self.rows = [[] for _ in range(hidden.shape[0])]
-        if outputs.latent_positions is not None and outputs.latent_positions.numel():
-            for (row, _), vector in zip(outputs.latent_positions.tolist(), outputs.latent_inputs.detach()):
-                self.rows[row].append(vector)
-        # The hidden state that a pad chosen at this step will be fed; kept for the last few steps only.
-        self.hidden_by_length[input_length] = hidden.detach()
-        for length in [n for n in self.hidden_by_length if n < input_length - 4]:
+            self.rows = [{} for _ in range(hidden.shape[0])]
+        for (row, position), vector in zip(outputs.latent_positions.tolist(), outputs.latent_inputs.detach()):
+            self.rows[row].setdefault(position, vector)
+        self.hidden_by_length[processed_length] = hidden.detach()
+        for length in [n for n in self.hidden_by_length if n < processed_length - 4]:
             del self.hidden_by_length[length]
 
-    def per_row(self, sequences: torch.LongTensor, pad_id: int, hidden_size: int) -> list[torch.Tensor]:
-        """Per-row `(n_r, hidden)` tensors matching the pads of `sequences` (a pad chosen at the last step was never
-        fed, so its vector comes from the step that chose it)."""
+    def per_row(self, sequences: torch.LongTensor, pad_id: int, hidden_size: int, dtype) -> list[torch.Tensor]:
+        """Per-row `(n_r, hidden)` tensors for the pads of `sequences`, in order. A pad chosen at the last step was
+        never fed; its vector is the hidden state of the step that chose it."""
         latents = []
         for row, ids in enumerate(sequences):
-            pad_columns = (ids == pad_id).nonzero().flatten().tolist()
-            recorded = list(self.rows[row]) if self.rows is not None else []
-            recorded = recorded[: len(pad_columns)]
-            while len(recorded) < len(pad_columns):
-                column = pad_columns[len(recorded)]
-                if column not in self.hidden_by_length:
-                    raise RuntimeError(f"row {row}: no hidden state recorded for the latent pad at position {column}")
-                recorded.append(self.hidden_by_length[column][row])
-            latents.append(
-                torch.stack(recorded) if recorded else sequences.new_zeros((0, hidden_size), dtype=torch.float)
-            )
+            vectors = []
+            for position in (ids == pad_id).nonzero().flatten().tolist():
+                vector = self.rows[row].get(position) if self.rows is not None else None
+                if vector is None:
+                    if position not in self.hidden_by_length:
+                        raise RuntimeError(f"row {row}: no latent vector recorded for the pad at position {position}")
+                    vector = self.hidden_by_length[position][row]
+                vectors.append(vector)
+            latents.append(torch.stack(vectors) if vectors else sequences.new_zeros((0, hidden_size), dtype=dtype))
         return latents
 
 
@@ -841,7 +840,7 @@ class MirageForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             )
             if not isinstance(output, torch.Tensor):
                 latents = self._latent_trace.per_row(
-                    output.sequences, self.config.latent_pad_token_id, self.config.text_config.hidden_size
+                    output.sequences, self.config.latent_pad_token_id, self.config.text_config.hidden_size, self.dtype
                 )
                 output = MirageGenerateOutput(**output, latents=latents)
         finally:
@@ -853,10 +852,13 @@ class MirageForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         # The next step may be a latent step: it will be fed this hidden state (rows that emit a pad only).
         model_kwargs["latent_prev_hidden"] = outputs.final_hidden_state
         if self._latent_trace is not None:
-            mask = model_kwargs.get("attention_mask")
-            length = mask.shape[1] if mask is not None else None
-            if length is None:  # no mask: the position ids or cache length tell the sequence length
-                length = model_kwargs["position_ids"].shape[-1] if "position_ids" in model_kwargs else 0
+            # How many positions the model has processed so far: the cache length, or without a cache the mask
+            # length before this step's token was added to it.
+            cache = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
+            if cache is not None:
+                length = cache.get_seq_length()
+            else:
+                length = model_kwargs["attention_mask"].shape[1] - 1
             self._latent_trace.record(outputs, length)
         return model_kwargs
 

@@ -18,36 +18,36 @@ LATENT_PLACEHOLDER = "<output_image>"
 # vision-pad runs) that also renders latent blocks: `{"type": "latent"}` items and `<output_image>` placeholders in
 # text both become `<|latent_start|>` + k pads + `<|latent_end|>`; k comes from the `latent_num_tokens` variable.
 MIRAGE_CHAT_TEMPLATE = (
-    "{%- set k = latent_num_tokens | default(4) -%}"
-    "{%- set latent_block = '<|latent_start|>' + '<|latent_pad|>' * k + '<|latent_end|>' -%}"
-    "{%- set image_count = namespace(value=0) -%}{%- set video_count = namespace(value=0) -%}"
-    "{%- for message in messages -%}"
-    "{%- if loop.first and message['role'] != 'system' -%}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{%- endif -%}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{%- if message['content'] is string -%}"
-    "{{ message['content'] | replace('<output_image>', latent_block) }}<|im_end|>\n"
-    "{%- else -%}"
-    "{%- for content in message['content'] -%}"
-    "{%- if content['type'] == 'image' or 'image' in content or 'image_url' in content -%}"
-    "{%- set image_count.value = image_count.value + 1 -%}"
-    "{%- if add_vision_id -%}Picture {{ image_count.value }}: {% endif -%}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif content['type'] == 'video' or 'video' in content -%}"
-    "{%- set video_count.value = video_count.value + 1 -%}"
-    "{%- if add_vision_id -%}Video {{ video_count.value }}: {% endif -%}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{%- elif content['type'] == 'latent' -%}"
+    "{% set k = latent_num_tokens | default(4) %}"
+    "{% set latent_block = '<|latent_start|>' + '<|latent_pad|>' * k + '<|latent_end|>' %}"
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}"
+    "{{ message['content'] | replace('<output_image>', latent_block) }}"
+    "{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}{{ 'Picture ' + image_count.value | string + ': ' }}{% endif %}"
+    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}{{ 'Video ' + video_count.value | string + ': ' }}{% endif %}"
+    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'latent' %}"
     "{{ latent_block }}"
-    "{%- elif 'text' in content -%}"
+    "{% elif content['text'] is not none %}"
     "{{ content['text'] | replace('<output_image>', latent_block) }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "<|im_end|>\n"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
 
@@ -169,6 +169,8 @@ class MirageProcessor(Qwen2_5_VLProcessor):
             latent_num_tokens=latent_num_tokens,
         )
 
+
+MirageProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "MirageProcessor",
