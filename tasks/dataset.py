@@ -307,12 +307,12 @@ def build_splits(
 ) -> datasets.DatasetDict:
     """A ``train``/``test`` pair with no problem in common and none in ``exclude`` (e.g. the official test maps).
 
-    The test split is drawn first (seed ``"<seed>/test"``), then the train split avoiding it (``"<seed>/train"``).
+    The test split is drawn first (seed ``"<seed>-test"``), then the train split avoiding it (``"<seed>-train"``).
     Keyword arguments go to :func:`make_examples`.
     """
     seen = exclusion_keys(exclude)
-    test = _draw(task, variant, n_test, levels, f"{seed}/test", seen, progress=progress, **kwargs)
-    train = _draw(task, variant, n_train, levels, f"{seed}/train", seen, progress=progress, **kwargs)
+    test = _draw(task, variant, n_test, levels, f"{seed}-test", seen, progress=progress, **kwargs)
+    train = _draw(task, variant, n_train, levels, f"{seed}-train", seen, progress=progress, **kwargs)
     return datasets.DatasetDict(
         {"train": rows_to_dataset([r for _, r in train]), "test": rows_to_dataset([r for _, r in test])}
     )
