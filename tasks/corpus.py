@@ -57,7 +57,7 @@ def vocabulary_corpus() -> list[str]:
     jigsaw = []
     for i, color in enumerate(T.JIGSAW_COLORS):
         for j, shape in enumerate(T.JIGSAW_SHAPES):
-            jigsaw.append(T.JIGSAW_GAP_CLAUSE.format(cell=cell_text(i % 6, j % 6), color=color, shape=shape))
+            jigsaw.append(T.JIGSAW_GAP_CLAUSE.format(cell=cell_text(i, j), color=color, shape=shape))
             jigsaw.append(T.JIGSAW_PIECE_CLAUSE.format(option="AB"[(i + j) % 2], color=color, shape=shape))
     jigsaw.extend(T.JIGSAW_MATCH_CLAUSE.format(option=o) for o in "AB")
 

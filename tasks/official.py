@@ -38,7 +38,7 @@ from . import templates as T
 from .dataset import TASKS, assistant_message, message_text, rows_to_dataset, user_message
 from .errors import TaskDataError
 from .templates import IMAGE_MARKER, LATENT_PLACEHOLDER
-from .variants import check_variant, prompt_suffix
+from .variants import VARIANTS, prompt_suffix
 from .verifiers import extract_boxed, extract_choice
 from .vsp import map_from_image, shortest_path, simulate_plan, validate_map_desc
 
@@ -186,7 +186,10 @@ def parse_official_row(
     if task not in TASKS:
         raise TaskDataError(f"unknown task {task!r}", row=row, field="task")
     variant = record.get("variant") or variant or infer_variant(text, output)
-    check_variant(variant)
+    if variant not in VARIANTS:
+        raise TaskDataError(
+            f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}", row=row, field="variant"
+        )
 
     images = [_load_image(resolve_image_path(p, image_root, strip_prefix=strip_prefix, row=row, field="image_input"), row=row, field="image_input") for p in inputs]  # fmt: skip
     helper_images = [_load_image(resolve_image_path(p, image_root, strip_prefix=strip_prefix, row=row, field="image_output"), row=row, field="image_output") for p in helpers]  # fmt: skip

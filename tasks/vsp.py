@@ -380,12 +380,17 @@ def draw_path(map_desc: MapDesc | np.ndarray, moves: str, color: tuple[int, int,
 
 
 @lru_cache(maxsize=8)
-def _tile_codes(cell_w: int, cell_h: int) -> dict[bytes, tuple[int, bool]]:
-    """Tile pixels -> (map code, player here) for every tile :func:`_tiles` can draw."""
+def _tile_codes(cell_w: int, cell_h: int) -> dict[bytes, frozenset[int]]:
+    """Tile pixels -> the map codes that tile can stand for.
+
+    Two pictures are ambiguous: the elf facing down or up hides the start's stool completely, so "player on the
+    start" and "player on ice" are the same pixels; :func:`map_from_image` settles those by counting starts.
+    """
     codes = {"ice": ICE, "hole": HOLE, "goal": GOAL, "start": START, "cracked": HOLE}
-    return {
-        t.tobytes(): (codes[k.split("@")[0]], "@" in k or k == "cracked") for k, t in _tiles(cell_w, cell_h).items()
-    }
+    table: dict[bytes, set[int]] = {}
+    for name, tile in _tiles(cell_w, cell_h).items():
+        table.setdefault(tile.tobytes(), set()).add(codes[name.split("@")[0]])
+    return {key: frozenset(value) for key, value in table.items()}
 
 
 def map_from_image(image: Image.Image) -> list[list[int]] | None:
@@ -401,13 +406,19 @@ def map_from_image(image: Image.Image) -> list[list[int]] | None:
     if width != height or width % 64 or not MIN_SIDE <= side <= MAX_SIDE:
         return None
     table = _tile_codes(64, 64)
-    grid = []
+    grid: list[list[int]] = []
+    ambiguous: list[Cell] = []
     for r in range(side):
-        line = []
+        grid.append([])
         for c in range(side):
             hit = table.get(np.ascontiguousarray(pixels[r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64]).tobytes())
             if hit is None:
                 return None
-            line.append(hit[0])
-        grid.append(line)
+            if len(hit) > 1:
+                ambiguous.append((r, c))
+            grid[-1].append(min(hit) if len(hit) == 1 else ICE)
+    if len(ambiguous) > 1:
+        return None
+    if ambiguous and not any(START in line for line in grid):
+        grid[ambiguous[0][0]][ambiguous[0][1]] = START  # no stool in sight: the player is standing on it
     return grid
