@@ -581,7 +581,7 @@ class LatentModeLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         in_block, pads = self.block_state(input_ids)
-        neg = torch.finfo(scores.dtype).min
+        neg = float("-inf")
         outside = scores.clone()
         outside[:, [self.pad_id, self.end_id]] = neg
         if self.rule == "fixed":
