@@ -327,6 +327,10 @@ def render_with_gymnasium(map_desc: MapDesc, moves: str = "") -> np.ndarray:
     Slow (one environment per call); used by the tests to check :func:`render_array`.
     """
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    # gymnasium calls pygame.init(); an rgb_array render needs neither a display nor a sound device, and without
+    # these SDL prints an error per call on headless machines.
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv
 
     grid = validate_map_desc(map_desc)
