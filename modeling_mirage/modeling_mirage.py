@@ -430,10 +430,28 @@ class MirageModel(Qwen2_5_VLModel):
             if input_ids is not None
             else torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
         )
-        latent_positions = pad_mask.nonzero()  # (N, 2) row-major
         latent_targets = None
         language_kwargs = dict(kwargs, attention_mask=attention_mask, use_cache=use_cache)
 
+        if latent_embeds is None and helper_pixel_values is None and not bool(pad_mask.any()):
+            # No latent position here (most decoding steps): exactly the stock Qwen2.5-VL forward.
+            outputs = self.language_model(
+                inputs_embeds=inputs_embeds, position_ids=position_ids, **{_CACHE_ARG: cache}, **language_kwargs
+            )
+            empty = inputs_embeds.new_zeros(0, hidden_size)
+            return MirageModelOutputWithPast(
+                last_hidden_state=outputs.last_hidden_state,
+                hidden_states=outputs.hidden_states,
+                attentions=outputs.attentions,
+                image_outputs=mm_encoder_outputs.get("image"),
+                video_outputs=mm_encoder_outputs.get("video"),
+                latent_positions=pad_mask.new_zeros((0, 2), dtype=torch.long),
+                latent_inputs=empty,
+                latent_hidden=empty,
+                **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD, None)},
+            )
+
+        latent_positions = pad_mask.nonzero()  # (N, 2) row-major
         if latent_embeds is not None or helper_pixel_values is not None:
             # Replay or teacher forcing: every pad's input is known up front, so one ordinary forward does it.
             if latent_embeds is not None:
@@ -455,7 +473,14 @@ class MirageModel(Qwen2_5_VLModel):
         else:
             # Self-filling chain (stage 2, inference): each pad takes the hidden state one position earlier.
             hidden, latent_inputs, out_cache, outputs = self._run_latent_chain(
-                inputs_embeds, pad_mask, position_ids, cache, use_cache, latent_prev_hidden, language_kwargs
+                inputs_embeds,
+                pad_mask,
+                latent_positions,
+                position_ids,
+                cache,
+                use_cache,
+                latent_prev_hidden,
+                language_kwargs,
             )
 
         latent_hidden = self._hidden_before_pads(hidden, latent_positions, latent_prev_hidden)
@@ -483,21 +508,48 @@ class MirageModel(Qwen2_5_VLModel):
             before = torch.where((cols == 0).unsqueeze(-1), latent_prev_hidden[rows].to(before.dtype), before)
         return before
 
+    def _check_checkpointing_keeps_the_chain(self) -> None:
+        """Reentrant gradient checkpointing sees only a layer's tensor arguments, so the gradient through the keys and
+        values of earlier chunks (held in the cache object) would be lost: refuse it while gradients are needed."""
+        layer = self.language_model.layers[0]
+        if not (torch.is_grad_enabled() and self.training and getattr(layer, "gradient_checkpointing", False)):
+            return
+        checkpoint_func = getattr(layer, "_gradient_checkpointing_func", None)
+        if getattr(checkpoint_func, "keywords", {}).get("use_reentrant", False):
+            raise ValueError(
+                "the stage-2 latent chain needs non-reentrant gradient checkpointing (reentrant checkpointing drops "
+                "the gradient through earlier chunks): use gradient_checkpointing_kwargs={'use_reentrant': False}"
+            )
+
     def _run_latent_chain(
-        self, inputs_embeds, pad_mask, position_ids, cache, use_cache, latent_prev_hidden, language_kwargs
+        self,
+        inputs_embeds,
+        pad_mask,
+        latent_positions,
+        position_ids,
+        cache,
+        use_cache,
+        latent_prev_hidden,
+        language_kwargs,
     ):
         """Run the language model so that every pad's input is the final hidden state one position earlier.
 
         The sequence is split at every column where some row has a pad; each chunk starts with such a column, whose
         pad rows take the last hidden state of the chunk before. The chunks share a KV cache: the caller's (generation)
         or, when the caller wants none, a `_ChunkCache` that gradient checkpointing can recompute through.
-        Returns `(hidden (B, T, D), latent_inputs (N, D), cache, last language-model output)`.
+        Returns `(hidden (B, T, D), latent_inputs (N, D) in the order of latent_positions, cache, last output)`.
         """
-        batch, seq, _ = inputs_embeds.shape
+        seq = inputs_embeds.shape[1]
         pad_columns = pad_mask.any(dim=0).nonzero().flatten().tolist()
-        fills = torch.zeros_like(inputs_embeds)  # the latent input placed at each pad, gathered at the end
+        column_fills: dict[int, torch.Tensor] = {}  # pad column -> (B, D) vectors its pad rows were fed
 
-        if pad_columns and pad_columns[0] == 0:
+        def fill_first_column(chunk, previous_hidden, column):
+            rows = pad_mask[:, column : column + 1]  # (B, 1)
+            first = torch.where(rows, previous_hidden.to(chunk.dtype), chunk[:, 0])  # (B, D)
+            column_fills[column] = first
+            return first.unsqueeze(1) if chunk.shape[1] == 1 else torch.cat([first.unsqueeze(1), chunk[:, 1:]], dim=1)
+
+        if pad_columns[0] == 0:
             # A pad in the first column continues a chain from an earlier call (cached decoding).
             if latent_prev_hidden is None:
                 rows = pad_mask[:, 0].nonzero().flatten().tolist()
@@ -505,50 +557,51 @@ class MirageModel(Qwen2_5_VLModel):
                     f"rows {rows}: a <|latent_pad|> in the first input position needs the hidden state before it; pass "
                     "latent_prev_hidden (as generate does) or latent_embeds"
                 )
-            first = torch.where(pad_mask[:, 0:1], latent_prev_hidden.to(inputs_embeds.dtype), inputs_embeds[:, 0])
-            inputs_embeds = torch.cat([first.unsqueeze(1), inputs_embeds[:, 1:]], dim=1)
-            fills = torch.cat([first.unsqueeze(1), fills[:, 1:]], dim=1)
-            pad_columns = pad_columns[1:]
+            inputs_embeds = fill_first_column(inputs_embeds, latent_prev_hidden, 0)
 
         keep_cache = cache is not None or bool(use_cache)
-        if not pad_columns:
+        inner_columns = [c for c in pad_columns if c > 0]
+        if inner_columns and not keep_cache:
+            self._check_checkpointing_keeps_the_chain()
+        if not inner_columns:
             outputs = self.language_model(
                 inputs_embeds=inputs_embeds, position_ids=position_ids, **{_CACHE_ARG: cache}, **language_kwargs
             )
-            return outputs.last_hidden_state, fills[pad_mask], getattr(outputs, _CACHE_FIELD, None), outputs
-
-        attention_mask = language_kwargs.pop("attention_mask")
-        past_length = cache.get_seq_length() if cache is not None else 0
-        if keep_cache and cache is None:
-            cache = DynamicCache(config=self.config.text_config)
-        chunk_cache = cache if keep_cache else _ChunkCache(None, 0)
-        bounds = [0, *pad_columns, seq]
-        hidden_chunks: list[torch.Tensor] = []
-        with _CheckpointWithCache(self.language_model.layers):
-            for s, e in zip(bounds[:-1], bounds[1:]):
-                chunk = inputs_embeds[:, s:e]
-                if s > 0:  # s is a pad column: pad rows take the hidden state at s - 1
-                    rows = pad_mask[:, s : s + 1]
-                    first = torch.where(rows, hidden_chunks[-1][:, -1], chunk[:, 0])
-                    chunk = torch.cat([first.unsqueeze(1), chunk[:, 1:]], dim=1)
-                    fills = torch.cat(
-                        [fills[:, :s], torch.where(rows, first, fills[:, s]).unsqueeze(1), fills[:, s + 1 :]], dim=1
+            hidden, out_cache = outputs.last_hidden_state, getattr(outputs, _CACHE_FIELD, None)
+        else:
+            attention_mask = language_kwargs.pop("attention_mask")
+            past_length = cache.get_seq_length() if cache is not None else 0
+            if keep_cache and cache is None:
+                cache = DynamicCache(config=self.config.text_config)
+            chunk_cache = cache if keep_cache else _ChunkCache(None, 0)
+            bounds = [0, *inner_columns, seq]
+            hidden_chunks: list[torch.Tensor] = []
+            with _CheckpointWithCache(self.language_model.layers):
+                for s, e in zip(bounds[:-1], bounds[1:]):
+                    chunk = inputs_embeds[:, s:e]
+                    if s > 0:  # s is a pad column: its pad rows take the hidden state at s - 1
+                        chunk = fill_first_column(chunk, hidden_chunks[-1][:, -1], s)
+                    mask = attention_mask
+                    if mask is not None and mask.ndim == 2:
+                        mask = mask[:, : past_length + e]
+                    outputs = self.language_model(
+                        inputs_embeds=chunk,
+                        attention_mask=mask,
+                        position_ids=position_ids[..., s:e],
+                        **{_CACHE_ARG: chunk_cache},
+                        **language_kwargs,
                     )
-                mask = attention_mask
-                if mask is not None and mask.ndim == 2:
-                    mask = mask[:, : past_length + e]
-                outputs = self.language_model(
-                    inputs_embeds=chunk,
-                    attention_mask=mask,
-                    position_ids=position_ids[..., s:e],
-                    **{_CACHE_ARG: chunk_cache},
-                    **language_kwargs,
-                )
-                hidden_chunks.append(outputs.last_hidden_state)
-                if not keep_cache:
-                    chunk_cache = chunk_cache.extended(e - s)
-        hidden = torch.cat(hidden_chunks, dim=1)
-        return hidden, fills[pad_mask], (cache if keep_cache else None), outputs
+                    hidden_chunks.append(outputs.last_hidden_state)
+                    if not keep_cache:
+                        chunk_cache = chunk_cache.extended(e - s)
+            hidden = torch.cat(hidden_chunks, dim=1)
+            out_cache = cache if keep_cache else None
+
+        # Gather the fed vectors in the row-major order of latent_positions.
+        columns = sorted(column_fills)
+        stacked = torch.stack([column_fills[c] for c in columns])  # (C, B, D)
+        index = torch.searchsorted(torch.tensor(columns, device=pad_mask.device), latent_positions[:, 1])
+        return hidden, stacked[index, latent_positions[:, 0]], out_cache, outputs
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -568,26 +621,39 @@ class LatentModeLogitsProcessor(LogitsProcessor):
     def __init__(self, pad_id: int, start_id: int, end_id: int, num_tokens: int, max_tokens: int, rule: str = "fixed"):
         self.pad_id, self.start_id, self.end_id = pad_id, start_id, end_id
         self.num_tokens, self.max_tokens, self.rule = num_tokens, max_tokens, rule
+        self._state: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (length, in_block, pads) of the last call
 
     def block_state(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(in_block (B,), pads_so_far (B,))` for the last position of every row."""
-        seq = input_ids.shape[1]
-        columns = torch.arange(seq, device=input_ids.device).expand_as(input_ids)
-        last_start = torch.where(input_ids == self.start_id, columns, -1).amax(dim=1)
-        last_end = torch.where(input_ids == self.end_id, columns, -1).amax(dim=1)
-        in_block = last_start > last_end
-        pads = ((input_ids == self.pad_id) & (columns > last_start.unsqueeze(1))).sum(dim=1)
-        return in_block, torch.where(in_block, pads, 0)
+        """`(in_block (B,), pads_so_far (B,))` for the last position of every row.
+
+        Updated from the newest token when called on the sequence one token longer than last time (every decoding
+        step), recomputed from the whole sequence otherwise.
+        """
+        batch, seq = input_ids.shape
+        state = self._state
+        if state is not None and state[0] == seq - 1 and state[1].shape[0] == batch:
+            last = input_ids[:, -1]
+            opened = last == self.start_id
+            in_block = opened | (state[1] & (last != self.end_id))
+            pads = torch.where(opened, 0, state[2] + (last == self.pad_id).long())
+        else:
+            columns = torch.arange(seq, device=input_ids.device).expand_as(input_ids)
+            last_start = torch.where(input_ids == self.start_id, columns, -1).amax(dim=1)
+            last_end = torch.where(input_ids == self.end_id, columns, -1).amax(dim=1)
+            in_block = last_start > last_end
+            pads = ((input_ids == self.pad_id) & (columns > last_start.unsqueeze(1))).sum(dim=1)
+        pads = torch.where(in_block, pads, 0)
+        self._state = (seq, in_block, pads)
+        return in_block, pads
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         in_block, pads = self.block_state(input_ids)
         neg = float("-inf")
         outside = scores.clone()
         outside[:, [self.pad_id, self.end_id]] = neg
-        if self.rule == "fixed":
-            forced_end = pads >= self.num_tokens
-        else:
-            forced_end = pads >= self.max_tokens
+        if not bool(in_block.any()):  # the common case: every row is writing text
+            return outside
+        forced_end = pads >= (self.num_tokens if self.rule == "fixed" else self.max_tokens)
         forced = torch.full_like(scores, neg)
         forced_token = torch.where(forced_end, self.end_id, self.pad_id)
         forced.scatter_(1, forced_token.unsqueeze(1), 0.0)
@@ -599,6 +665,10 @@ class LatentModeLogitsProcessor(LogitsProcessor):
             choice = torch.where(both_masked, forced, choice)
             forced = torch.where(forced_end.unsqueeze(1), forced, choice)
         return torch.where(in_block.unsqueeze(1), forced, outside)
+
+
+# `LogitsProcessorList` inspects every processor's signature at every step; a precomputed one makes that a lookup.
+LatentModeLogitsProcessor.__call__.__signature__ = inspect.signature(LatentModeLogitsProcessor.__call__)
 
 
 class _LatentTrace:
@@ -852,13 +922,15 @@ class MirageForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         # The next step may be a latent step: it will be fed this hidden state (rows that emit a pad only).
         model_kwargs["latent_prev_hidden"] = outputs.final_hidden_state
         if self._latent_trace is not None:
-            # How many positions the model has processed so far: the cache length, or without a cache the mask
-            # length before this step's token was added to it.
+            # How many positions the model has processed so far: the cache length, or without a cache the length
+            # of the position ids (or mask), which the parent just extended by this step's token.
             cache = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
             if cache is not None:
                 length = cache.get_seq_length()
             else:
-                length = model_kwargs["attention_mask"].shape[1] - 1
+                tracked = model_kwargs.get("position_ids")
+                tracked = tracked if tracked is not None else model_kwargs["attention_mask"]
+                length = tracked.shape[-1] - 1
             self._latent_trace.record(outputs, length)
         return model_kwargs
 
@@ -880,6 +952,9 @@ def _tokens_in_base(path, hub_kwargs) -> bool:
         return False
     return all(t in vocab for t in LATENT_TOKENS)
 
+
+# `generate` inspects the forward signature of registered (remote-code) models at every step; precompute it.
+MirageForConditionalGeneration.forward.__signature__ = inspect.signature(MirageForConditionalGeneration.forward)
 
 MirageConfig.register_for_auto_class("AutoConfig")
 MirageForConditionalGeneration.register_for_auto_class("AutoModel")

@@ -279,3 +279,27 @@ def test_config_rejects_bad_latent_fields():
         MirageConfig(latent_num_tokens=8, latent_max_tokens=4)
     with pytest.raises(ValueError, match="latent_pooling"):
         MirageConfig(latent_pooling="attention")
+
+
+def test_stage2_chain_under_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    model = tiny_model(seed=0).train()
+    ids, mask = pad_batch([[5, 6, *BLOCK, 7, 8], [9, *BLOCK, 10, 11, 12, 13], [4, 4, 4, 4, *BLOCK, 5]])
+    labels = ids.masked_fill(mask == 0, -100)
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_grads = loss_and_grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ckpt_loss, ckpt_grads = loss_and_grads()
+    assert torch.equal(plain_loss, ckpt_loss)
+    assert plain_grads.keys() == ckpt_grads.keys()
+    for name, grad in plain_grads.items():
+        assert (grad - ckpt_grads[name]).abs().max().item() <= 1e-6, name
+    # reentrant checkpointing would silently drop the gradient through earlier chunks: it is refused
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(ValueError, match="non-reentrant gradient checkpointing"):
+        model(input_ids=ids, attention_mask=mask, labels=labels)
