@@ -1,0 +1,165 @@
+"""Getting a Mirage model ready to train, and saving it for the Hub.
+
+* [`load_model_and_processor`]: a Mirage checkpoint as is, or a Qwen2.5-VL checkpoint converted with `from_base`
+  (`"tiny"` names the embedded tiny base).
+* [`freeze_vision_tower`]: the paper trains the language model only; the stage-1 targets come from this tower.
+* [`language_model_lora_config`]: LoRA on the language model's projections only (the vision tower's MLP uses the same
+  module names, so plain `target_modules=["q_proj", ...]` would put adapters there too).
+* [`save_for_hub`]: merge LoRA if any, then write weights (safetensors), processor and remote code, and check that the
+  folder has what `AutoModel.from_pretrained(dir, trust_remote_code=True)` needs.
+
+Models are recognised by `config.model_type`, never by class: remote-code classes are different Python objects.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from peft import LoraConfig, PeftModel
+from transformers import PretrainedConfig
+
+from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
+
+from .tiny_base import tiny_base_path
+
+TINY_BASE = "tiny"
+"""Model name that means the embedded tiny Qwen2.5-VL base (built offline on first use)."""
+
+REMOTE_CODE_FILES = ("configuration_mirage.py", "modeling_mirage.py", "processing_mirage.py")
+LANGUAGE_MODEL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """`"tiny"` -> the embedded tiny base's folder (built once, cached in `cache_dir` if given); anything else as is."""
+    return tiny_base_path(cache_dir) if name_or_path == TINY_BASE else str(name_or_path)
+
+
+def checkpoint_model_type(path: str, **hub_kwargs) -> str:
+    """The `model_type` of a checkpoint's config, read without importing any remote code."""
+    config_dict, _ = PretrainedConfig.get_config_dict(path, **hub_kwargs)
+    return config_dict.get("model_type", "")
+
+
+def is_mirage(model) -> bool:
+    """Whether `model` (possibly PEFT-wrapped) is a Mirage model, by `config.model_type`."""
+    return getattr(getattr(model, "config", None), "model_type", None) == "mirage"
+
+
+def load_model_and_processor(
+    name_or_path: str,
+    latent_num_tokens: int | None = None,
+    tiny_cache_dir: str | os.PathLike | None = None,
+    **from_pretrained_kwargs: Any,
+) -> tuple[MirageForConditionalGeneration, MirageProcessor]:
+    """Load a Mirage checkpoint, or convert a Qwen2.5-VL one (stock, or official Mirage with the tokens already added).
+
+    Args:
+        name_or_path: folder or Hub id; `"tiny"` for the embedded tiny base.
+        latent_num_tokens: k. For a conversion it sets k (default 4); for a Mirage checkpoint it must equal the
+            checkpoint's k (None: accept the checkpoint's).
+        tiny_cache_dir: where to keep the tiny base between processes (None: a temporary folder).
+        from_pretrained_kwargs: passed to `from_pretrained` (`dtype`, `revision`, `attn_implementation`, ...).
+    """
+    path = resolve_model_path(name_or_path, tiny_cache_dir)
+    hub_kwargs = {
+        k: from_pretrained_kwargs[k] for k in ("revision", "token", "cache_dir") if k in from_pretrained_kwargs
+    }
+    model_type = checkpoint_model_type(path, **hub_kwargs)
+    if model_type == "mirage":
+        processor = MirageProcessor.from_pretrained(path, **hub_kwargs)
+        model = MirageForConditionalGeneration.from_pretrained(path, **from_pretrained_kwargs)
+        if latent_num_tokens is not None and latent_num_tokens != model.config.latent_num_tokens:
+            raise ValueError(
+                f"{name_or_path!r} is a Mirage checkpoint with latent_num_tokens={model.config.latent_num_tokens}, "
+                f"but latent_num_tokens={latent_num_tokens} was asked for; k is fixed once a model is converted"
+            )
+    elif model_type == "qwen2_5_vl":
+        k = 4 if latent_num_tokens is None else latent_num_tokens
+        processor = MirageProcessor.from_base(path, latent_num_tokens=k, **hub_kwargs)
+        model = MirageForConditionalGeneration.from_base(
+            path, latent_num_tokens=k, processor=processor, **from_pretrained_kwargs
+        )
+    else:
+        raise ValueError(
+            f"{name_or_path!r} is a {model_type or 'unknown'!r} checkpoint; expected a Mirage checkpoint "
+            "(model_type 'mirage') or a Qwen2.5-VL one to convert (model_type 'qwen2_5_vl')"
+        )
+    return model, processor
+
+
+def _backbone(model):
+    """The Mirage backbone (`MirageModel`, which owns `visual` and `language_model`) of a plain or PEFT model."""
+    if isinstance(model, PeftModel):
+        model = model.get_base_model()
+    return model.model
+
+
+def freeze_vision_tower(model) -> int:
+    """Stop gradients into the vision tower (patch merger included); returns the number of parameters frozen."""
+    frozen = 0
+    for parameter in _backbone(model).visual.parameters():
+        parameter.requires_grad_(False)
+        frozen += parameter.numel()
+    return frozen
+
+
+def language_model_lora_config(
+    r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    target_modules: list[str] | str | None = None,
+    **kwargs: Any,
+) -> LoraConfig:
+    """A LoRA config whose adapters sit on the language model's projections only.
+
+    `target_modules` as a list of module names is restricted to the language model (the vision blocks also have
+    `gate_proj`/`up_proj`/`down_proj`); a string is taken as the user's own regex. Other `kwargs` go to `LoraConfig`.
+    """
+    if target_modules is None or (not isinstance(target_modules, str) and list(target_modules) == ["all-linear"]):
+        target_modules = list(LANGUAGE_MODEL_PROJECTIONS)
+    if not isinstance(target_modules, str):
+        names = "|".join(sorted(set(target_modules)))
+        target_modules = rf".*language_model.*\.({names})"
+    kwargs.setdefault("task_type", "CAUSAL_LM")
+    return LoraConfig(
+        r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules, bias="none", **kwargs
+    )
+
+
+def merge_lora(model):
+    """The model with its LoRA adapters merged into the weights (a PEFT model), or `model` itself."""
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model
+
+
+def save_for_hub(model, processor, output_dir: str | os.PathLike) -> Path:
+    """Write a folder that `AutoModel`/`AutoProcessor.from_pretrained(dir, trust_remote_code=True)` load: merged
+    weights in safetensors, the processor, the flat remote-code files and `auto_map`. Returns the folder."""
+    output = Path(output_dir)
+    model = merge_lora(model)
+    if not is_mirage(model):
+        raise ValueError(
+            f"save_for_hub expects a Mirage model (config.model_type 'mirage'), got {type(model).__name__}"
+        )
+    model.save_pretrained(output, safe_serialization=True)
+    processor.save_pretrained(output)
+    check_hub_folder(output)
+    return output
+
+
+def check_hub_folder(folder: str | os.PathLike) -> None:
+    """Raise a `FileNotFoundError`/`ValueError` if `folder` lacks what remote-code loading needs."""
+    folder = Path(folder)
+    if not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(f"{folder} has no safetensors weights")
+    missing = [name for name in (*REMOTE_CODE_FILES, "config.json") if not (folder / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {missing}: the remote-code files did not travel with the weights")
+    config, _ = PretrainedConfig.get_config_dict(str(folder))
+    auto_map = config.get("auto_map") or {}
+    for auto_class in ("AutoConfig", "AutoModel", "AutoModelForImageTextToText"):
+        if auto_class not in auto_map:
+            raise ValueError(f"{folder}/config.json: auto_map lacks {auto_class} (has {sorted(auto_map)})")

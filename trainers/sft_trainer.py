@@ -1,0 +1,308 @@
+"""[`MirageSFTTrainer`]: the two supervised Mirage stages as a `trl.SFTTrainer`.
+
+Stage 1 (joint supervision): the helper image of every latent block goes through the frozen vision tower; its k chunk
+means are teacher-forced into the block's `<|latent_pad|>` inputs, and the loss is
+
+    latent_loss + latent_text_weight * CE,   latent_loss = mean over pads of 1 - cos(h_{p-1}, target_p)   (or MSE)
+
+where h_{p-1} is the final-norm hidden state one position before pad p (what the model would feed there itself).
+Stage 2 (text-only supervision): no helper images; each pad is fed the model's own hidden state one position earlier
+(a chain of k dependent steps, run by the model in one chunked forward, gradients flowing through it); loss = CE.
+
+Both come out of a single forward: the model returns `latent_hidden` and `latent_targets` from its backbone, and the
+CE comes from TRL's fused LM head (no `(batch, seq, vocab)` logits). The fused head calls the backbone directly, so
+the trainer reads the backbone's output through a forward hook that lives only for the duration of that call.
+
+Single device::
+
+    trainer = MirageSFTTrainer(model="tiny", args=MirageSFTConfig("out", latent_stage=1), train_dataset=dataset)
+    trainer.train()
+
+Many devices: the same code under `accelerate launch` (see `examples/sft_mirage.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import datasets
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from trl import SFTTrainer
+
+from modeling_mirage import MirageProcessor
+
+from .collator import ROW_INDEX_COLUMN, MirageDataCollator, check_example
+from .config import MirageSFTConfig
+from .model_setup import freeze_vision_tower, is_mirage, load_model_and_processor
+
+IMAGE_COLUMNS = ("images", "helper_images", "image")
+
+
+def _undecoded(feature):
+    """The same feature type with every `datasets.Image` set to `decode=False` (images stay bytes until the
+    collator decodes them, so an unreadable one is reported with its row and field instead of deep in the loader)."""
+    if isinstance(feature, datasets.Image):
+        return datasets.Image(decode=False)
+    if isinstance(feature, list):
+        return [_undecoded(f) for f in feature]
+    if hasattr(feature, "feature"):
+        feature = copy.deepcopy(feature)
+        feature.feature = _undecoded(feature.feature)
+    return feature
+
+
+def latent_loss_fn(hidden: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+    """Stage-1 latent loss between the predictions `hidden` (N, D) and the `targets` (N, D): mean over the N pads of
+    `1 - cos` ("cosine"), or the mean squared error ("mse"). Computed in fp32."""
+    hidden, targets = hidden.float(), targets.float().to(hidden.device)
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(hidden, targets, dim=-1)).mean()
+    if kind == "mse":
+        return F.mse_loss(hidden, targets)
+    raise ValueError(f"unknown latent loss {kind!r}; expected 'cosine' or 'mse'")
+
+
+def mean_pairwise_cosine(targets: torch.Tensor, k: int) -> torch.Tensor | None:
+    """How alike the targets of different blocks are: for each chunk index j, the mean cosine between the j-th
+    targets of every pair of blocks, averaged over j. `targets` is `(num_blocks * k, D)`, blocks consecutive. None
+    with fewer than two blocks. Near 1.0 the vision tower does not tell the helper images apart."""
+    blocks = targets.shape[0] // k
+    if blocks < 2:
+        return None
+    unit = F.normalize(targets.detach().float().reshape(blocks, k, -1).transpose(0, 1), dim=-1)  # (k, blocks, D)
+    gram = unit @ unit.transpose(1, 2)  # (k, blocks, blocks)
+    off_diagonal = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=1)
+    return (off_diagonal / (blocks * (blocks - 1))).mean()
+
+
+class MirageSFTTrainer(SFTTrainer):
+    """Stage 1 and stage 2 of Mirage training (arXiv 2506.17218), on top of `trl.SFTTrainer`.
+
+    Args:
+        model: a Mirage model (`config.model_type == "mirage"`, PEFT-wrapped or not), or a name/path: a Mirage
+            checkpoint, a Qwen2.5-VL checkpoint to convert, or `"tiny"` for the embedded tiny base.
+        args: a [`MirageSFTConfig`]; `latent_stage` picks the stage.
+        data_collator: defaults to [`MirageDataCollator`] for the stage.
+        train_dataset, eval_dataset: canonical task rows (`prompt`, `completion`, `images`, `helper_images`).
+            Image columns are read undecoded and every row's fields are checked before training starts.
+        processing_class: the [`MirageProcessor`]; loaded with the model when `model` is a name.
+        peft_config: e.g. `trainers.model_setup.language_model_lora_config()`.
+        Other arguments as for `trl.SFTTrainer` (`callbacks`, `optimizers`, ...).
+
+    Logs, besides TRL's metrics: `ce_loss` (mean token NLL of the batch), and in stage 1 `latent_loss` and
+    `latent_target_cosine` (mean pairwise cosine of the targets across blocks of the batch; near 1.0 they carry no
+    information about the helper image, and a falling cosine loss then teaches nothing).
+    """
+
+    _tag_names = ["trl", "sft", "mirage"]
+    _name = "Mirage SFT"
+    # compute_loss normalises the loss for gradient accumulation itself (see there).
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model,
+        args: MirageSFTConfig | None = None,
+        data_collator=None,
+        train_dataset: datasets.Dataset | datasets.IterableDataset | None = None,
+        eval_dataset=None,
+        processing_class: MirageProcessor | None = None,
+        peft_config=None,
+        **kwargs: Any,
+    ):
+        if args is None:
+            args = MirageSFTConfig("mirage-sft")
+        if not isinstance(args, MirageSFTConfig):
+            raise TypeError(f"MirageSFTTrainer needs a MirageSFTConfig, got {type(args).__name__}")
+        for name in ("compute_loss_func", "formatting_func"):
+            if kwargs.get(name) is not None:
+                raise ValueError(f"MirageSFTTrainer computes its own loss from chat rows; {name} is not supported")
+        if args.loss_type != "nll" or args.label_smoothing_factor > 0:
+            raise ValueError("MirageSFTTrainer supports loss_type='nll' without label smoothing only")
+
+        if isinstance(model, str):
+            model, loaded_processor = load_model_and_processor(
+                model, args.latent_num_tokens, **(args.model_init_kwargs or {})
+            )
+            processing_class = processing_class if processing_class is not None else loaded_processor
+        if not is_mirage(model):
+            raise ValueError(
+                f"MirageSFTTrainer needs a Mirage model (config.model_type 'mirage'), got model_type "
+                f"{getattr(model.config, 'model_type', None)!r}; convert a Qwen2.5-VL checkpoint with "
+                "MirageForConditionalGeneration.from_base(...) or pass its path as `model`"
+            )
+        if processing_class is None:
+            processing_class = MirageProcessor.from_pretrained(model.config._name_or_path)
+        self._check_latent_settings(model, processing_class, args)
+        if processing_class.tokenizer.pad_token is None:
+            processing_class.tokenizer.pad_token = processing_class.tokenizer.eos_token
+        if args.latent_freeze_vision:
+            freeze_vision_tower(model)
+
+        train_dataset = self._prepare_rows(train_dataset, "train", args.latent_stage)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {key: self._prepare_rows(ds, key, args.latent_stage) for key, ds in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = self._prepare_rows(eval_dataset, "eval", args.latent_stage)
+        if data_collator is None:
+            data_collator = MirageDataCollator(
+                processing_class,
+                stage=args.latent_stage,
+                image_scale=args.image_scale,
+                max_length=args.max_length,
+                pad_to_multiple_of=args.pad_to_multiple_of,
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            peft_config=peft_config,
+            **kwargs,
+        )
+
+    # ---- set-up -----------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_latent_settings(model, processor, args: MirageSFTConfig) -> None:
+        config = model.config
+        k_model, k_processor = config.latent_num_tokens, getattr(processor, "latent_num_tokens", None)
+        if not (k_model == k_processor == args.latent_num_tokens):
+            raise ValueError(
+                f"latent_num_tokens disagree: model config {k_model}, processor {k_processor}, MirageSFTConfig "
+                f"{args.latent_num_tokens}; k is fixed when a model is converted, so set the config to the model's"
+            )
+        vocab = processor.tokenizer.get_vocab()
+        ids = tuple(vocab.get(t) for t in ("<|latent_pad|>", "<|latent_start|>", "<|latent_end|>"))
+        if ids != tuple(config.latent_token_ids):
+            raise ValueError(
+                f"the processor's latent token ids {ids} differ from the model's {tuple(config.latent_token_ids)} "
+                "(pad, start, end); load both from the same checkpoint"
+            )
+
+    @staticmethod
+    def _prepare_rows(dataset, split: str, stage: int):
+        """Keep images undecoded until the collator, number the rows for error messages, and check every row's
+        fields (without decoding images) before training starts."""
+        if dataset is None or not isinstance(dataset, datasets.Dataset):
+            return dataset  # iterable datasets are checked batch by batch in the collator
+        for column in IMAGE_COLUMNS:
+            if column in dataset.column_names:
+                dataset = dataset.cast_column(column, _undecoded(dataset.features[column]))
+        if ROW_INDEX_COLUMN not in dataset.column_names:
+            dataset = dataset.add_column(ROW_INDEX_COLUMN, list(range(len(dataset))))
+        columns = [c for c in ("prompt", "completion", "images", "image", "helper_images", "id", ROW_INDEX_COLUMN)]
+        blocks = 0
+        for position, row in enumerate(dataset.select_columns([c for c in columns if c in dataset.column_names])):
+            try:
+                blocks += check_example(row, stage, position, decode=False).num_blocks
+            except ValueError as error:
+                raise ValueError(f"{split} dataset: {error}") from None
+        if stage == 1 and len(dataset) and blocks == 0:
+            raise ValueError(
+                f"{split} dataset: stage 1 needs rows whose completion has latent blocks (<output_image>) and helper "
+                "images; none has any (use a mirage-* variant, or latent_stage=2 for text-only supervision)"
+            )
+        return dataset
+
+    # ---- loss -------------------------------------------------------------------------------------------------------
+
+    def _backbone(self, model) -> torch.nn.Module:
+        """The module the fused LM head runs (`model.base_model` of the unwrapped Mirage model)."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        if isinstance(unwrapped, PeftModel):
+            unwrapped = unwrapped.get_base_model()
+        return unwrapped.base_model
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _capture_output(module: torch.nn.Module) -> Iterator[list]:
+        """Record `module`'s forward output for the duration of the block (a hook that never outlives one step)."""
+        captured: list = []
+        handle = module.register_forward_hook(lambda _module, _args, output: captured.append(output))
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Stage 1: `latent_loss + latent_text_weight * CE`; stage 2: CE. One forward either way.
+
+        Scaling, as `Trainer` expects with `loss_is_scaled_for_ga = True`: the CE is summed over tokens and divided by
+        `num_items_in_batch` (the label tokens of the whole accumulated batch, over all processes, times the process
+        count since DDP averages gradients); the latent loss is a mean over this micro-batch's pads divided by the
+        accumulation steps (DDP's averaging then makes it a mean over processes).
+        """
+        mode = "train" if self.model.training else "eval"
+        stage = self.args.latent_stage
+        inputs = dict(inputs)
+        inputs["use_cache"] = False
+        with self._capture_output(self._backbone(model)) as captured:
+            outputs = model(**inputs, fused_lm_head=True)
+        backbone_outputs = captured[-1] if captured else None
+
+        accumulation = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        accumulation = accumulation if mode == "train" else 1
+        token_nll = -outputs.log_probs.sum()
+        num_tokens = outputs.label_mask.sum()
+        if num_items_in_batch is not None:
+            ce = token_nll / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                ce = ce * (self.accelerator.num_processes // self.get_tp_size())
+        else:
+            ce = token_nll / num_tokens.clamp(min=1) / accumulation
+
+        loss = ce
+        metrics = self._metrics[mode]
+        gather = self.accelerator.gather_for_metrics
+        nll_sum, token_count = gather(torch.stack([token_nll.detach().float(), num_tokens.float()]).view(1, 2)).sum(0)
+        metrics["ce_loss"].append((nll_sum / token_count.clamp(min=1)).item())
+        if stage == 1:
+            latent = self._stage1_latent_loss(backbone_outputs, outputs.log_probs)
+            loss = latent / accumulation + self.args.latent_text_weight * ce
+            metrics["latent_loss"].append(gather(latent.detach().view(1)).mean().item())
+            similarity = mean_pairwise_cosine(backbone_outputs.latent_targets, self.model.config.latent_num_tokens)
+            if similarity is not None:
+                metrics["latent_target_cosine"].append(gather(similarity.view(1)).mean().item())
+
+        # TRL's own metrics, from the fused head's per-token outputs.
+        num_valid = gather(num_tokens.view(1)).sum()
+        entropy = gather(outputs.entropy.detach().sum().view(1)).sum()
+        correct = gather(outputs.is_top1.sum().view(1)).sum()
+        metrics["entropy"].append((entropy / num_valid).item() if num_valid > 0 else 0.0)
+        metrics["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
+        if mode == "train":
+            self._total_train_tokens += gather(inputs["attention_mask"].sum().view(1)).sum().item()
+        metrics["num_tokens"] = [self._total_train_tokens]
+
+        if return_outputs:
+            # Evaluation asking for logits: a second, gradient-free forward without the fused head.
+            with torch.no_grad():
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            return loss, outputs
+        return loss
+
+    def _stage1_latent_loss(self, backbone_outputs, anchor: torch.Tensor) -> torch.Tensor:
+        if backbone_outputs is None:
+            raise RuntimeError(
+                "the Mirage backbone did not run inside the trainer's forward, so stage-1 latent predictions are "
+                "unavailable; does the model's forward call `model.base_model`?"
+            )
+        hidden, targets = backbone_outputs.latent_hidden, backbone_outputs.latent_targets
+        if hidden is None or hidden.shape[0] == 0:
+            # No latent block in this micro-batch: a zero that stays attached to the graph keeps every process's
+            # backward identical in structure.
+            return anchor.sum() * 0.0
+        if targets is None:
+            raise RuntimeError(
+                "stage 1 got latent pads but no targets: the batch lacks helper_pixel_values (is the collator's "
+                "stage 1?)"
+            )
+        return latent_loss_fn(hidden, targets, self.args.latent_loss)
