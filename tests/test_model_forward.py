@@ -303,3 +303,37 @@ def test_stage2_chain_under_gradient_checkpointing_gives_the_same_loss_and_gradi
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     with pytest.raises(ValueError, match="non-reentrant gradient checkpointing"):
         model(input_ids=ids, attention_mask=mask, labels=labels)
+
+
+def test_trl_fused_lm_head_goes_through_the_backbone_that_fills_latents():
+    """TRL's GRPO rescoring patches `forward` with a fused LM head that calls `model.base_model(...)` directly; the
+    latent filling lives there, so the fused log-probs equal those of the ordinary forward, replayed latents too."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = tiny_model(seed=0)
+    ids, mask = pad_batch([[5, 6, *BLOCK, 7, 8], [9, *BLOCK, 10, 11, 12, 13]])
+    labels = ids.masked_fill((mask == 0) | (ids == LPAD), -100)
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask)
+        shifted = labels[:, 1:]
+        log_softmax = reference.logits[:, :-1].log_softmax(-1)
+        expected = log_softmax.gather(-1, shifted.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (shifted != -100)
+        add_fused_lm_head(model)
+        fused = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        replayed = model(
+            input_ids=ids,
+            attention_mask=mask,
+            labels=labels,
+            fused_lm_head=True,
+            latent_embeds=reference.latent_inputs,
+        )
+        other = model(
+            input_ids=ids,
+            attention_mask=mask,
+            labels=labels,
+            fused_lm_head=True,
+            latent_embeds=torch.randn_like(reference.latent_inputs),
+        )
+    assert (fused.log_probs - expected).abs().max().item() <= 1e-5
+    assert (replayed.log_probs - expected).abs().max().item() <= 1e-5
+    assert (other.log_probs - expected).abs().max().item() > 1e-3  # the latents really are used
