@@ -302,3 +302,22 @@ def test_beam_search_and_assisted_decoding_are_refused(model):
         model.generate(input_ids=ids, num_beams=2, max_new_tokens=3)
     with pytest.raises(ValueError, match="does not support assistant_model"):
         model.generate(input_ids=ids, assistant_model=model, max_new_tokens=3)
+
+
+def test_text_streamer_shows_latent_blocks(capsys):
+    from transformers import TextStreamer
+
+    from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
+    from trainers.tiny_base import tiny_base_path
+
+    processor = MirageProcessor.from_base(tiny_base_path())
+    model = MirageForConditionalGeneration.from_base(tiny_base_path(), processor=processor).eval()
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "Plan the moves."}]}], add_generation_prompt=True
+    )
+    ids = processor.tokenizer(prompt + "<|latent_start|>", return_tensors="pt")["input_ids"]
+    streamer = TextStreamer(processor.tokenizer, skip_prompt=True)
+    out = model.generate(input_ids=ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, streamer=streamer)
+    printed = capsys.readouterr().out
+    assert printed.startswith("<|latent_pad|>" * 4 + "<|latent_end|>")
+    assert out[0, ids.shape[1] :].tolist()[:5] == [processor.latent_pad_token_id] * 4 + [processor.latent_end_token_id]
