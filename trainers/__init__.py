@@ -1,26 +1,30 @@
-from .collator import MirageDataCollator, check_example
-from .config import MirageSFTConfig
-from .model_setup import (
-    freeze_vision_tower,
-    language_model_lora_config,
-    load_model_and_processor,
-    merge_lora,
-    save_for_hub,
-)
-from .sft_trainer import MirageSFTTrainer
+"""Mirage trainers: stage 1 and stage 2 (`MirageSFTTrainer`), their config, collator and model set-up.
+
+The TRL-based names load on first use, so `from trainers import tiny_base_path` stays cheap (no trl/peft import).
+"""
+
+import importlib
+
 from .tiny_base import build_tiny_base as build_tiny_base
 from .tiny_base import tiny_base_path as tiny_base_path
 
-__all__ = [
-    "MirageDataCollator",
-    "MirageSFTConfig",
-    "MirageSFTTrainer",
-    "build_tiny_base",
-    "check_example",
-    "freeze_vision_tower",
-    "language_model_lora_config",
-    "load_model_and_processor",
-    "merge_lora",
-    "save_for_hub",
-    "tiny_base_path",
-]
+_LAZY = {
+    "MirageDataCollator": "collator",
+    "check_example": "collator",
+    "MirageSFTConfig": "config",
+    "freeze_vision_tower": "model_setup",
+    "language_model_lora_config": "model_setup",
+    "load_model_and_processor": "model_setup",
+    "merge_lora": "model_setup",
+    "save_for_hub": "model_setup",
+    "MirageSFTTrainer": "sft_trainer",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["build_tiny_base", "tiny_base_path", *_LAZY]

@@ -13,12 +13,17 @@ Models are recognised by `config.model_type`, never by class: remote-code classe
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
+import torch
 from peft import LoraConfig, PeftModel
 from transformers import PretrainedConfig
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import WeightRenaming, rename_source_key
 
 from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
 
@@ -163,3 +168,37 @@ def check_hub_folder(folder: str | os.PathLike) -> None:
     for auto_class in ("AutoConfig", "AutoModel", "AutoModelForImageTextToText"):
         if auto_class not in auto_map:
             raise ValueError(f"{folder}/config.json: auto_map lacks {auto_class} (has {sorted(auto_map)})")
+
+
+def load_checkpoint_weights(model, folder: str | os.PathLike) -> None:
+    """Load the safetensors weights of a saved checkpoint (one file or an index of shards) into `model`, in place.
+
+    transformers 5 writes Qwen2.5-VL-family weights under their original Hub names (`model.layers.*`, `visual.*`)
+    and renames them only inside `from_pretrained`; a plain `load_state_dict` of the file (what `Trainer` does when
+    it resumes) matches nothing and silently keeps the current weights. Here every key goes through the model's own
+    conversion table first, and any key left over is an error.
+    """
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{folder} has no model.safetensors (or shard index)")
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    if len(renamings) != len(transforms):
+        raise NotImplementedError(f"{type(model).__name__} has weight conversions beyond renaming: {transforms}")
+    state_dict: dict[str, torch.Tensor] = {}
+    for name in files:
+        for key, tensor in safetensors.torch.load_file(folder / name, device="cpu").items():
+            state_dict[rename_source_key(key, renamings, [])[0]] = tensor
+    result = model.load_state_dict(state_dict, strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    missing = [key for key in result.missing_keys if key not in tied]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"{folder} does not match {type(model).__name__}: missing {missing[:5]}, unexpected "
+            f"{result.unexpected_keys[:5]}"
+        )

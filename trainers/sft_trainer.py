@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,7 +39,7 @@ from modeling_mirage import MirageProcessor
 
 from .collator import ROW_INDEX_COLUMN, MirageDataCollator, check_example
 from .config import MirageSFTConfig
-from .model_setup import freeze_vision_tower, is_mirage, load_model_and_processor
+from .model_setup import freeze_vision_tower, is_mirage, load_checkpoint_weights, load_model_and_processor
 
 IMAGE_COLUMNS = ("images", "helper_images", "image")
 
@@ -167,6 +168,15 @@ class MirageSFTTrainer(SFTTrainer):
             peft_config=peft_config,
             **kwargs,
         )
+        # The stage-2 chain runs the layers chunk by chunk over a cache; reentrant checkpointing recomputes a chunk
+        # without the earlier chunks' graph and drops their gradient. Checked after TRL's set-up, which can force
+        # reentrant mode (PEFT under DeepSpeed ZeRO-3).
+        if args.latent_stage == 2 and args.gradient_checkpointing:
+            if (args.gradient_checkpointing_kwargs or {}).get("use_reentrant"):
+                raise ValueError(
+                    "stage 2 needs non-reentrant gradient checkpointing (the latent chain's gradient would be lost): "
+                    "set gradient_checkpointing_kwargs={'use_reentrant': False}, or gradient_checkpointing=False"
+                )
 
     # ---- set-up -----------------------------------------------------------------------------------------------------
 
@@ -211,6 +221,23 @@ class MirageSFTTrainer(SFTTrainer):
                 "images; none has any (use a mirage-* variant, or latent_stage=2 for text-only supervision)"
             )
         return dataset
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Resume with the checkpoint's weights really loaded.
+
+        `Trainer` reads a full checkpoint's safetensors with a plain `load_state_dict(strict=False)`, but transformers 5
+        saves Qwen2.5-VL-family weights under their Hub names, so nothing matches and training would silently go on
+        from the current weights. Full (non-PEFT, non-FSDP) checkpoints are loaded through the model's conversion
+        table instead; adapters, FSDP and DeepSpeed checkpoints take the stock path.
+        """
+        target = model if model is not None else self.model
+        has_weights = any(
+            os.path.isfile(os.path.join(resume_from_checkpoint, name))
+            for name in ("model.safetensors", "model.safetensors.index.json")
+        )
+        if isinstance(target, PeftModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled or not has_weights:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_checkpoint_weights(self.accelerator.unwrap_model(target), resume_from_checkpoint)
 
     # ---- loss -------------------------------------------------------------------------------------------------------
 

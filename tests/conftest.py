@@ -1,0 +1,31 @@
+"""Shared fixtures: the embedded tiny Qwen2.5-VL base and its Mirage conversion, each built once per session.
+
+Both folders are shared by every test of the session: treat them as read-only (load from them, save elsewhere).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from trainers.tiny_base import tiny_base_path
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir() -> str:
+    """Folder of the tiny random Qwen2.5-VL base (vocab 936, hidden 128, 4 layers), built offline in seconds."""
+    return tiny_base_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_mirage_dir(tiny_base_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Folder of the tiny base converted to Mirage (k = 4): model, processor and remote-code files, as
+    `save_pretrained` writes them. Load with `MirageForConditionalGeneration.from_pretrained` (or `AutoModel` with
+    `trust_remote_code=True`)."""
+    from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
+
+    folder = tmp_path_factory.mktemp("tiny-mirage")
+    processor = MirageProcessor.from_base(tiny_base_dir)
+    model = MirageForConditionalGeneration.from_base(tiny_base_dir, processor=processor)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)

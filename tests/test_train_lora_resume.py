@@ -1,0 +1,152 @@
+"""LoRA trains only language-model adapters and merges into a remote-code folder; a resumed run ends where an
+uninterrupted one does; the trainer's overrides still match TRL's hooks."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from transformers import AutoModel, Trainer
+from trl import SFTTrainer
+from trl.trainer.utils import add_fused_lm_head
+
+import tasks
+from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
+from trainers import MirageSFTConfig, MirageSFTTrainer, language_model_lora_config, save_for_hub
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """See test_train_sft.py: one intra-op thread keeps tiny-model steps fast on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return tasks.build_dataset("vsp_planning", "mirage-direct", 16, levels=3, seed=0)
+
+
+def load(tiny_mirage_dir):
+    return MirageForConditionalGeneration.from_pretrained(tiny_mirage_dir), MirageProcessor.from_pretrained(
+        tiny_mirage_dir
+    )
+
+
+def fast_args(output_dir, **overrides) -> MirageSFTConfig:
+    kwargs = dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        report_to="none",
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        image_scale=0.4375,
+        disable_tqdm=True,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return MirageSFTConfig(**kwargs)
+
+
+def test_lora_trains_only_language_model_adapters_and_merges(tiny_mirage_dir, dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, processor = load(tiny_mirage_dir)
+    base = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = MirageSFTTrainer(
+        model=model,
+        args=fast_args(tmp_path, latent_stage=1, max_steps=5),
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=language_model_lora_config(r=4, lora_alpha=8, lora_dropout=0.0),
+    )
+    trainer.train()
+    named = dict(trainer.model.named_parameters())
+    trainable = [name for name, p in named.items() if p.requires_grad]
+    assert trainable and all("lora_" in name and "language_model" in name for name in trainable)
+    assert not any("visual" in name for name in named if "lora_" in name)
+    # Base weights untouched, every adapter B matrix (zero at start) moved.
+    for name, p in named.items():
+        if "lora_" in name:
+            continue
+        original = name.replace("base_model.model.", "", 1).replace(".base_layer", "")
+        assert torch.equal(p, base[original]), name
+    assert all(named[name].abs().sum() > 0 for name in trainable if "lora_B" in name)
+
+    folder = save_for_hub(trainer.model, processor, tmp_path / "merged")
+    merged = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+    loaded = AutoModel.from_pretrained(str(folder), trust_remote_code=True).eval()
+    assert type(loaded).__module__.startswith("transformers_modules")
+    batch = trainer.data_collator([dataset[i] for i in range(2)])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    fresh = load(tiny_mirage_dir)[0].eval()
+    with torch.no_grad():
+        logits = loaded(**inputs).logits
+        torch.testing.assert_close(logits, merged.eval()(**inputs).logits, rtol=0, atol=1e-5)
+        assert not torch.allclose(logits, fresh(**inputs).logits, atol=1e-4)  # the adapters did something
+
+
+def test_lora_stage2_with_gradient_checkpointing(tiny_mirage_dir, dataset, tmp_path):
+    """PEFT + checkpointing + the self-filling chain: the adapters still receive gradient and move."""
+    model, processor = load(tiny_mirage_dir)
+    trainer = MirageSFTTrainer(
+        model=model,
+        args=fast_args(tmp_path, latent_stage=2, max_steps=2, gradient_checkpointing=True),
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=language_model_lora_config(r=4, lora_alpha=8, lora_dropout=0.0),
+    )
+    trainer.train()
+    lora_b = [p for name, p in trainer.model.named_parameters() if "lora_B" in name]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+
+
+def test_resumed_run_ends_with_the_same_weights(tiny_mirage_dir, dataset, tmp_path):
+    """6 steps in one go vs 3 steps, stop, resume from checkpoint-3 in a new trainer: identical weights (the run
+    crosses an epoch boundary, so the data order and the scheduler must both be restored)."""
+    schedule = dict(latent_stage=1, max_steps=6, learning_rate=5e-4, lr_scheduler_type="linear", warmup_steps=2)
+    model, processor = load(tiny_mirage_dir)
+    args = fast_args(tmp_path / "straight", save_strategy="steps", save_steps=3, **schedule)
+    MirageSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor).train()
+
+    resumed, processor = load(tiny_mirage_dir)
+    args = fast_args(tmp_path / "resumed", **schedule)
+    trainer = MirageSFTTrainer(model=resumed, args=args, train_dataset=dataset, processing_class=processor)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-3"))
+    assert trainer.state.global_step == 6
+    straight = dict(model.named_parameters())
+    for name, p in resumed.named_parameters():
+        assert torch.equal(p, straight[name]), name
+
+
+# Methods the trainer adds (not overrides): none of them may shadow something of the TRL/transformers parent.
+OWN_METHODS = {"_backbone", "_capture_output", "_check_latent_settings", "_prepare_rows", "_stage1_latent_loss"}
+
+
+def test_overrides_still_exist_on_the_parent_class():
+    """TRL's private hooks change between versions: every method MirageSFTTrainer overrides must still exist on
+    SFTTrainer with the same parameters, and the Trainer attribute it relies on must still be there."""
+    own = {
+        name for name, value in vars(MirageSFTTrainer).items() if callable(value) or isinstance(value, staticmethod)
+    }
+    overridden = own - OWN_METHODS
+    assert overridden == {"__init__", "compute_loss", "_load_from_checkpoint"}
+    for name in overridden:
+        assert hasattr(SFTTrainer, name), name
+    for name in ("compute_loss", "_load_from_checkpoint"):
+        parent = inspect.signature(getattr(SFTTrainer, name)).parameters
+        assert list(inspect.signature(getattr(MirageSFTTrainer, name)).parameters) == list(parent), name
+    for name in OWN_METHODS:
+        assert not hasattr(SFTTrainer, name), f"{name} now exists on SFTTrainer and would be shadowed"
+    assert hasattr(Trainer, "loss_is_scaled_for_ga") and "current_gradient_accumulation_steps" in inspect.getsource(
+        Trainer
+    )
+    # The fused LM head TRL installs must still call the backbone as `base_model`, where the hook listens.
+    assert 'backbone_attr = "base_model"' in inspect.getsource(add_fused_lm_head)
