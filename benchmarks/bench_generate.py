@@ -9,7 +9,7 @@ In one run, on the same weights and the same prompts (a rendered VSP map and its
 at batch 1 and batch `--batch`, all running exactly `--new-tokens` decoding steps (EOS is suppressed in every
 variant by the same logits processor, which also forces the block openings, so all pay the same processor cost).
 Prints tokens/s, the Mirage/plain ratio at each batch size, the batch/1 throughput ratio and peak memory
-(CUDA: `max_memory_allocated`; CPU: peak RSS of a child process running that variant alone).
+(CUDA: `max_memory_allocated`; CPU: growth of resident memory during one run).
 
     python benchmarks/bench_generate.py                       # embedded tiny base, CPU
     python benchmarks/bench_generate.py --model Qwen/Qwen2.5-VL-7B-Instruct --device cuda --dtype bfloat16
@@ -18,12 +18,9 @@ Prints tokens/s, the Mirage/plain ratio at each batch size, the batch/1 throughp
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import resource
-import subprocess
-import sys
+import threading
 import time
 
 import torch
@@ -78,60 +75,84 @@ def load_models(args):
     return processor, mirage, plain
 
 
-def run_variant(name: str, args, models=None) -> dict:
-    """Time one variant; returns tokens/s and peak memory (CUDA) for it."""
-    processor, mirage, plain = models if models is not None else load_models(args)
+def prepare_variant(name: str, args, models):
+    """`(generate-once callable, batch)` for one variant."""
+    processor, mirage, plain = models
     batch = args.batch if name.endswith("batch") else 1
     inputs = {k: v.to(args.device) for k, v in build_inputs(processor, batch).items()}
     prompt_length = inputs["input_ids"].shape[1]
     eos = mirage.generation_config.eos_token_id
     suppress = list(eos) if isinstance(eos, list) else [eos]
-    model = plain if name.startswith("plain") else mirage
-    token = (
-        mirage.config.latent_start_token_id
-        if not name.startswith("plain")
-        else processor.tokenizer.convert_tokens_to_ids("R")
-    )
-    steps = args.new_tokens if not name.startswith("naive") else args.naive_tokens
+    is_plain = name.startswith("plain")
+    model = plain if is_plain else mirage
+    # plain forces an ordinary token where Mirage opens a block, so both pay the same processor cost
+    token = processor.tokenizer.convert_tokens_to_ids("R") if is_plain else mirage.config.latent_start_token_id
+    steps = args.naive_tokens if name.startswith("naive") else args.new_tokens
     kwargs = dict(max_new_tokens=steps, min_new_tokens=steps, do_sample=False, use_cache=not name.startswith("naive"))
 
+    @torch.no_grad()
     def once():
         processors = LogitsProcessorList([ForceEvery(token, args.block_every, prompt_length, suppress)])
-        return model.generate(**inputs, logits_processor=processors, **kwargs)
-
-    with torch.no_grad():
-        once()  # warm-up
+        start = time.perf_counter()
+        out = model.generate(**inputs, logits_processor=processors, **kwargs)
         if args.device == "cuda":
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        timings = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            out = once()
+        return time.perf_counter() - start, out[:, prompt_length:]
+
+    return once, batch
+
+
+def run_variants(names: list[str], args, models) -> dict:
+    """Time the variants round-robin (so drifts in machine speed hit all alike); best of `--repeats` each."""
+    prepared = {name: prepare_variant(name, args, models) for name in names}
+    results = {}
+    for once, _ in prepared.values():  # warm-up
+        once()
+    for repeat in range(args.repeats):
+        for name, (once, batch) in prepared.items():
+            if name.startswith("naive") and repeat > 0:
+                continue  # the slow reference is only there for scale
             if args.device == "cuda":
-                torch.cuda.synchronize()
-            timings.append(time.perf_counter() - start)
-    new = out[:, prompt_length:]
-    pads = int((new == mirage.config.latent_pad_token_id).sum())
-    best = min(timings)
-    result = {
-        "variant": name,
-        "batch": batch,
-        "steps": new.shape[1],
-        "tokens_per_s": batch * new.shape[1] / best,
-        "seconds": best,
-        "latent_pads": pads,
-    }
-    if args.device == "cuda":
-        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return result
+                torch.cuda.reset_peak_memory_stats()
+            seconds, new = once()
+            best = results.get(name)
+            if best is None or seconds < best["seconds"]:
+                pads = int((new == models[1].config.latent_pad_token_id).sum())
+                results[name] = {
+                    "batch": batch,
+                    "steps": new.shape[1],
+                    "seconds": seconds,
+                    "tokens_per_s": batch * new.shape[1] / seconds,
+                    "latent_pads": pads,
+                }
+                if args.device == "cuda":
+                    results[name]["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return results
 
 
-def child_peak_rss(name: str, args) -> float:
-    """Peak resident memory (MB) of a child process that loads the models and runs one variant alone."""
-    cmd = [sys.executable, __file__, "--child", name] + [a for a in sys.argv[1:] if a != "--child"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+def rss_increase_mb(fn) -> float:
+    """Peak growth of this process's resident memory (MB) while `fn` runs, sampled every millisecond."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def resident() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    before, peak, done = resident(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], resident())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return max(0, max(peak[0], resident()) - before) / 2**20
 
 
 def main():
@@ -141,31 +162,19 @@ def main():
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--k", type=int, default=4, help="latent tokens per block")
-    parser.add_argument("--new-tokens", type=int, default=96)
-    parser.add_argument("--naive-tokens", type=int, default=48, help="steps for the (slow) no-cache reference")
+    parser.add_argument("--new-tokens", type=int, default=192)
+    parser.add_argument("--naive-tokens", type=int, default=24, help="steps for the (slow) no-cache reference")
     parser.add_argument("--block-every", type=int, default=16, help="open a latent block every N tokens")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-memory", action="store_true", help="skip the per-variant CPU memory measurement")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     variants = ["plain-1", "mirage-1", "naive-1", "plain-batch", "mirage-batch", "naive-batch"]
-    if args.child:
-        args.repeats = 1
-        run_variant(args.child, args)
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(json.dumps({"peak_rss_mb": peak_kb / 1024}))
-        return
-
     models = load_models(args)
-    results = {}
-    # interleave the variants over the repeats so drift in machine speed hits all of them alike
-    for name in variants:
-        results[name] = run_variant(name, args, models)
-    if args.device == "cpu" and not args.no_memory:
-        for name in variants:
-            results[name]["peak_mb"] = child_peak_rss(name, args)
+    results = run_variants(variants, args, models)
+    if args.device == "cpu":
+        for name in variants:  # one extra run each, after the timed ones, so sampling never slows a timing
+            results[name]["peak_mb"] = rss_increase_mb(prepare_variant(name, args, models)[0])
 
     machine = (
         torch.cuda.get_device_name()
@@ -178,7 +187,8 @@ def main():
     print(
         f"k={args.k}, a latent block every {args.block_every} tokens, {args.new_tokens} steps ({args.naive_tokens} for naive)\n"
     )
-    header = f"{'variant':<14}{'batch':>6}{'steps':>7}{'pads':>7}{'tokens/s':>12}{'peak MB':>10}"
+    memory = "peak MB" if args.device == "cuda" else "+RSS MB"
+    header = f"{'variant':<14}{'batch':>6}{'steps':>7}{'pads':>7}{'tokens/s':>12}{memory:>10}"
     print(header)
     print("-" * len(header))
     for name in variants:

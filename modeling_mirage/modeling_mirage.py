@@ -649,8 +649,8 @@ class LatentModeLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         in_block, pads = self.block_state(input_ids)
         neg = float("-inf")
-        outside = scores.clone()
-        outside[:, [self.pad_id, self.end_id]] = neg
+        latent_ids = torch.tensor([self.pad_id, self.end_id], device=scores.device)
+        outside = scores.index_fill(1, latent_ids, neg)  # a copy: the caller keeps the raw logits
         if not bool(in_block.any()):  # the common case: every row is writing text
             return outside
         forced_end = pads >= (self.num_tokens if self.rule == "fixed" else self.max_tokens)
@@ -856,7 +856,7 @@ class MirageForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             latent_inputs=outputs.latent_inputs,
             latent_hidden=outputs.latent_hidden,
             latent_targets=outputs.latent_targets,
-            final_hidden_state=hidden[:, -1],
+            final_hidden_state=hidden[:, -1].clone(),  # a copy, so the (B, T, D) prefill states can be freed
             **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)},
         )
         return result if return_dict else result.to_tuple()
