@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
+from accelerate import PartialState
 from peft import LoraConfig, PeftModel
 from transformers import PretrainedConfig
 from transformers.conversion_mapping import get_model_conversion_mapping
@@ -37,8 +39,21 @@ LANGUAGE_MODEL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj
 
 
 def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """`"tiny"` -> the embedded tiny base's folder (built once, cached in `cache_dir` if given); anything else as is."""
-    return tiny_base_path(cache_dir) if name_or_path == TINY_BASE else str(name_or_path)
+    """`"tiny"` -> the embedded tiny base's folder (built once, cached in `cache_dir` if given); anything else as is.
+
+    Under several processes the main process builds it first into a shared cache (default: a folder in the system's
+    temporary directory; on several machines pass a `cache_dir` on a shared file system) and the others reuse it:
+    once torch.distributed is up, `save_pretrained` writes weights on rank 0 only, so a build on another rank would
+    leave a folder without them.
+    """
+    if name_or_path != TINY_BASE:
+        return str(name_or_path)
+    state = PartialState()
+    if state.num_processes == 1:
+        return tiny_base_path(cache_dir)
+    cache_dir = cache_dir if cache_dir is not None else Path(tempfile.gettempdir(), "mirage-tiny-base")
+    with state.main_process_first():
+        return tiny_base_path(cache_dir)
 
 
 def checkpoint_model_type(path: str, **hub_kwargs) -> str:

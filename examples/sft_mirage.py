@@ -1,0 +1,169 @@
+"""Supervised Mirage training: stage 1 (joint supervision with helper images) or stage 2 (text-only supervision).
+
+One device (the embedded tiny base on a CPU; stage 2 starts from stage 1's output folder):
+
+    python examples/sft_mirage.py --config examples/recipes/tiny/stage1.yaml
+    python examples/sft_mirage.py --config examples/recipes/tiny/stage2.yaml
+
+Several processes or GPUs, through accelerate (DDP, FSDP or DeepSpeed ZeRO-3):
+
+    accelerate launch --config_file examples/accelerate_configs/zero3.yaml \\
+        examples/sft_mirage.py --config examples/recipes/qwen2.5-vl-7b/stage1.yaml
+    accelerate launch --num_processes 2 --cpu \\
+        examples/sft_mirage.py --config examples/recipes/tiny/stage1.yaml --max_steps 4 --output_dir /tmp/mirage-s1
+
+Every field of the YAML recipe can be overridden on the command line (`--max_steps 10`, `--use_peft`, ...). Fields
+come from three dataclasses: `MirageScriptArguments` (data), `trainers.MirageSFTConfig` (stage, latent loss, every
+`trl.SFTConfig`/`TrainingArguments` field) and `trl.ModelConfig` (model, dtype, LoRA).
+
+The model is a Mirage checkpoint, a Qwen2.5-VL checkpoint (converted on the fly, k = `latent_num_tokens`), or `tiny`
+(the embedded tiny base). The data is a canonical task dataset (`dataset_name`: a folder written by
+`examples/make_dataset.py` or a Hub id) or, without `dataset_name`, generated on the fly from the task suite, with the
+official VSP test maps excluded. The output folder loads with `AutoModel.from_pretrained(dir, trust_remote_code=True)`;
+LoRA adapters are merged into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+
+import datasets
+import torch
+from accelerate import PartialState
+from trl import ModelConfig, ScriptArguments, TrlParser
+
+import tasks
+from trainers import (
+    MirageSFTConfig,
+    MirageSFTTrainer,
+    language_model_lora_config,
+    load_model_and_processor,
+    save_for_hub,
+)
+
+
+@dataclass
+class MirageScriptArguments(ScriptArguments):
+    """Where the training rows come from. `dataset_name` (a local folder or Hub id of a canonical task dataset) wins;
+    without it, `num_train_examples` rows of `task`/`variant` are generated."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Canonical task dataset to train on: a folder written by examples/make_dataset.py or a Hub id. "
+            "None: generate rows with the task suite (task, variant, num_train_examples, levels, dataset_seed)."
+        },
+    )
+    task: str = field(default="vsp_planning", metadata={"help": "Task to generate.", "choices": list(tasks.TASKS)})
+    variant: str = field(
+        default="mirage-direct",
+        metadata={"help": "Completion layout; stage 1 needs a mirage-* variant.", "choices": list(tasks.VARIANTS)},
+    )
+    num_train_examples: int = field(default=512, metadata={"help": "Rows to generate."})
+    levels: str = field(default="3-6", metadata={"help": "Levels to generate (map side length): '3-6', '3,4'."})
+    dataset_seed: int = field(default=0, metadata={"help": "Seed of the generated rows (same seed, same rows)."})
+    official_data_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of the official data; its VSP test maps are kept out of generated rows. None: the "
+            "default location (../shared/data/official or $MIRAGE_OFFICIAL_DATA); skipped with a warning if absent."
+        },
+    )
+    tiny_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Keep the embedded tiny base here between runs (None: rebuild it in a temporary folder)."},
+    )
+    merge_lora: bool = field(
+        default=True,
+        metadata={"help": "With --use_peft, merge the adapters and save a full model (Hub-ready) at the end."},
+    )
+    print_weight_digest: bool = field(
+        default=False,
+        metadata={"help": "Print a SHA-256 of the trained weights on every process (data-parallel replicas agree)."},
+    )
+
+
+def train_dataset(script_args: MirageScriptArguments) -> datasets.Dataset:
+    """The training rows: a stored dataset, or freshly generated ones without any official test map."""
+    if script_args.dataset_name:
+        return datasets.load_dataset(
+            script_args.dataset_name, script_args.dataset_config, split=script_args.dataset_train_split
+        )
+    exclude = []
+    if script_args.task.startswith("vsp"):
+        try:
+            exclude = tasks.official_test_maps(script_args.official_data_root)
+        except FileNotFoundError as error:
+            warnings.warn(f"official test maps not excluded from the generated data: {error}", stacklevel=2)
+    return tasks.build_dataset(
+        script_args.task,
+        script_args.variant,
+        script_args.num_train_examples,
+        levels=script_args.levels,
+        seed=script_args.dataset_seed,
+        exclude=exclude,
+    )
+
+
+def weight_digest(model) -> str:
+    """SHA-256 over every parameter (sorted by name), as float32 bytes."""
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(parameter.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main(script_args: MirageScriptArguments, training_args: MirageSFTConfig, model_args: ModelConfig) -> None:
+    if model_args.model_name_or_path is None:
+        raise ValueError("set model_name_or_path: a Mirage or Qwen2.5-VL checkpoint, or 'tiny'")
+    model_kwargs = {"revision": model_args.model_revision}
+    if model_args.dtype not in (None, "auto"):
+        model_kwargs["dtype"] = getattr(torch, model_args.dtype)
+    if model_args.attn_implementation is not None:
+        model_kwargs["attn_implementation"] = model_args.attn_implementation
+    model, processor = load_model_and_processor(
+        model_args.model_name_or_path,
+        training_args.latent_num_tokens,
+        tiny_cache_dir=script_args.tiny_cache_dir,
+        **model_kwargs,
+    )
+    peft_config = None
+    if model_args.use_peft:
+        peft_config = language_model_lora_config(
+            r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            target_modules=model_args.lora_target_modules,
+            use_rslora=model_args.use_rslora,
+            use_dora=model_args.use_dora,
+        )
+
+    trainer = MirageSFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset(script_args),
+        processing_class=processor,
+        peft_config=peft_config,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+    if peft_config is not None and script_args.merge_lora:
+        if trainer.accelerator.is_main_process:
+            save_for_hub(trainer.accelerator.unwrap_model(trainer.model), processor, training_args.output_dir)
+        trainer.accelerator.wait_for_everyone()
+    else:
+        trainer.save_model(training_args.output_dir)
+    if script_args.print_weight_digest:
+        state = PartialState()
+        digest = weight_digest(trainer.accelerator.unwrap_model(trainer.model))
+        print(f"[process {state.process_index}/{state.num_processes}] weights sha256 {digest}", flush=True)
+    if trainer.accelerator.is_main_process:
+        print(f"saved to {training_args.output_dir}", flush=True)
+
+
+if __name__ == "__main__":
+    parser = TrlParser((MirageScriptArguments, MirageSFTConfig, ModelConfig))
+    main(*parser.parse_args_and_config())
