@@ -32,7 +32,7 @@ def ids_of(processor, *tokens: str) -> list[int]:
 
 
 def test_labels_cover_assistant_tokens_only(processor, rows) -> None:
-    batch = MirageDataCollator(processor, stage=1)(rows)
+    batch = MirageDataCollator(processor, stage=1, align_latent_blocks=False)(rows)
     pad, start, end, im_end, im_start = ids_of(
         processor, "<|latent_pad|>", "<|latent_start|>", "<|latent_end|>", "<|im_end|>", "<|im_start|>"
     )
@@ -58,6 +58,25 @@ def test_labels_cover_assistant_tokens_only(processor, rows) -> None:
         answer = processor.tokenizer.decode(ids[start_col + 2 + k : length - 1])
         assert answer == tasks.completion_text(rows[r]).replace(tasks.LATENT_PLACEHOLDER, "")
     assert (batch["input_ids"] == im_start).sum() == 3 * len(rows)  # system, user, assistant per row
+
+
+def test_aligned_rows_share_latent_columns_and_keep_their_tokens(processor, rows) -> None:
+    plain = MirageDataCollator(processor, stage=2, align_latent_blocks=False)(rows)
+    aligned = MirageDataCollator(processor, stage=2)(rows)
+    pad, start = ids_of(processor, "<|latent_pad|>", "<|latent_start|>")
+    columns = [int((ids == start).nonzero()[0]) for ids in aligned["input_ids"]]
+    assert len(set(columns)) == 1  # one block column for the whole batch
+    assert len({tuple((ids == pad).nonzero().flatten().tolist()) for ids in aligned["input_ids"]}) == 1
+    assert len({int((ids == start).nonzero()[0]) for ids in plain["input_ids"]}) > 1  # rows differ without it
+    for r in range(len(rows)):
+        for key in ("input_ids", "labels"):
+            real_aligned = aligned[key][r][aligned["attention_mask"][r].bool()]
+            real_plain = plain[key][r][plain["attention_mask"][r].bool()]
+            assert torch.equal(real_aligned, real_plain)
+        mask = aligned["attention_mask"][r]
+        first, last = int(mask.nonzero()[0]), int(mask.nonzero()[-1])
+        assert mask[first : last + 1].all()  # padding only at the two ends
+        assert (aligned["labels"][r][~mask.bool()] == -100).all()
 
 
 def test_stage1_passes_helper_images_and_stage2_does_not(processor, rows) -> None:

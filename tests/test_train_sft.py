@@ -238,6 +238,26 @@ def test_stage2_gradient_checkpointing_is_exact(tiny_mirage_dir, mixed_rows, tmp
         torch.testing.assert_close(grads_plain[name], grads_ckpt[name], rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_aligning_latent_blocks_leaves_the_loss_unchanged(tiny_mirage_dir, mixed_rows, tmp_path, stage):
+    """Left padding that lines up the latent blocks only moves padding: same loss, same gradients (fp32)."""
+    model, processor = load(tiny_mirage_dir)
+    model.train()
+    results = []
+    for align in (False, True):
+        args = fast_args(tmp_path / str(align), latent_stage=stage, latent_align_blocks=align)
+        trainer = MirageSFTTrainer(model=model, args=args, train_dataset=tasks.rows_to_dataset(mixed_rows))
+        batch = trainer.data_collator(mixed_rows)
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_plain, grads_plain), (loss_aligned, grads_aligned) = results
+    torch.testing.assert_close(loss_aligned, loss_plain, rtol=0, atol=1e-5)
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_aligned[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_stage2_refuses_reentrant_checkpointing(tiny_mirage_dir, dataset, tmp_path):
     args = fast_args(
         tmp_path, latent_stage=2, gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True}

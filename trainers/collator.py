@@ -12,7 +12,8 @@ Images may be PIL images, `{"bytes", "path"}` dicts (a `datasets.Image(decode=Fa
 [`MirageDataCollator`] renders each row with the processor's chat template (an `<output_image>` placeholder or a
 `{"type": "latent"}` item becomes `<|latent_start|>` + k x `<|latent_pad|>` + `<|latent_end|>`) and builds::
 
-    input_ids, attention_mask          right-padded
+    input_ids, attention_mask          padded; by default rows are also left-padded so that their first latent
+                                       blocks share columns (cheaper stage-2 chain, same logits)
     labels                             assistant tokens only: `<|latent_start|>`, `<|latent_end|>` and the closing
                                        `<|im_end|>` included; prompt, `<|latent_pad|>` and padding are -100
     pixel_values, image_grid_thw       the input images
@@ -216,6 +217,9 @@ class MirageDataCollator:
         max_length: cut rows longer than this at the end; a cut that would drop an image or latent token, or every
             completion token, raises instead (None: no limit).
         pad_to_multiple_of: pad the batch length to a multiple of this.
+        align_latent_blocks: left-pad rows so that their first latent blocks occupy the same columns. The stage-2
+            chain runs one chunk per distinct pad column of the batch, so aligned blocks cost k + 1 chunks instead of
+            up to k per row; the model ignores where padding sits (positions count real tokens only).
 
     Example:
         >>> collator = MirageDataCollator(processor, stage=1, image_scale=0.4375)
@@ -228,6 +232,7 @@ class MirageDataCollator:
     image_scale: float | None = None
     max_length: int | None = None
     pad_to_multiple_of: int | None = None
+    align_latent_blocks: bool = True
     end_token: str = field(default=END_OF_TURN)
 
     def __post_init__(self):
@@ -244,6 +249,7 @@ class MirageDataCollator:
             self.end_token = tokenizer.eos_token
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.latent_pad_id = vocab["<|latent_pad|>"]
+        self.latent_start_id = vocab["<|latent_start|>"]
         # Tokens a max_length cut may never drop: vision placeholders (their features would be orphaned) and latent
         # markers (a block cut in half cannot be teacher forced).
         protected = ["<|latent_pad|>", "<|latent_start|>", "<|latent_end|>", "<|vision_start|>", "<|vision_end|>"]
@@ -310,16 +316,25 @@ class MirageDataCollator:
             sequences.append(ids)
             label_rows.append(labels)
 
-        length = max(ids.numel() for ids in sequences)
+        # Right padding, plus (with align_latent_blocks) left padding that puts every row's first latent block in
+        # the same columns.
+        offsets = [0] * len(sequences)
+        if self.align_latent_blocks:
+            starts = [(ids == self.latent_start_id).nonzero() for ids in sequences]
+            columns = [int(found[0]) if found.numel() else None for found in starts]
+            latest = max((c for c in columns if c is not None), default=0)
+            offsets = [0 if c is None else latest - c for c in columns]
+        length = max(offset + ids.numel() for offset, ids in zip(offsets, sequences))
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
         labels = torch.full((len(sequences), length), -100, dtype=torch.long)
-        for r, (ids, row_labels) in enumerate(zip(sequences, label_rows)):
-            input_ids[r, : ids.numel()] = ids
-            attention_mask[r, : ids.numel()] = 1
-            labels[r, : ids.numel()] = row_labels
+        for r, (offset, ids, row_labels) in enumerate(zip(offsets, sequences, label_rows)):
+            span = slice(offset, offset + ids.numel())
+            input_ids[r, span] = ids
+            attention_mask[r, span] = 1
+            labels[r, span] = row_labels
 
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if images:

@@ -36,6 +36,8 @@ class MirageSFTConfig(SFTConfig):
             `config.latent_num_tokens` and the processor's `latent_num_tokens`.
         latent_freeze_vision (`bool`, defaults to `True`):
             Freeze the vision tower (patch merger included), as the paper does.
+        latent_align_blocks (`bool`, defaults to `True`):
+            Left-pad rows so that their first latent blocks share columns (a cheaper stage-2 chain, same outputs).
         image_scale (`float` or `None`, defaults to `None`):
             Resize input and helper images by this factor before the processor.
     """
@@ -72,6 +74,14 @@ class MirageSFTConfig(SFTConfig):
         metadata={
             "help": "Freeze the vision tower, patch merger included (the paper trains the language model only). "
             "The stage-1 targets come from this tower, so training it would move the targets."
+        },
+    )
+    latent_align_blocks: bool = field(
+        default=True,
+        metadata={
+            "help": "Left-pad rows so that their first latent blocks share columns. The stage-2 chain runs one "
+            "chunk per distinct pad column in the batch, so aligned blocks make it k + 1 chunks; the model's "
+            "outputs do not depend on where padding sits."
         },
     )
     image_scale: float | None = field(

@@ -157,6 +157,7 @@ class MirageSFTTrainer(SFTTrainer):
                 image_scale=args.image_scale,
                 max_length=args.max_length,
                 pad_to_multiple_of=args.pad_to_multiple_of,
+                align_latent_blocks=args.latent_align_blocks,
             )
         super().__init__(
             model=model,
