@@ -184,9 +184,6 @@ class MirageModel(Qwen2_5_VLModel):
 
     config_class = MirageConfig
 
-    def __init__(self, config: MirageConfig):
-        super().__init__(config)
-
     # ---- stage-1 targets ------------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -216,7 +213,7 @@ class MirageModel(Qwen2_5_VLModel):
 
     def _latent_blocks(self, row_ids: list[int]) -> list[tuple[int, list[int]]]:
         """`(start column, [pad columns])` of every latent block in one row (a block may be unterminated)."""
-        pad, start, end = self.config.latent_token_ids
+        pad, start, _ = self.config.latent_token_ids
         blocks, current = [], None
         for column, token in enumerate(row_ids):
             if token == start:
@@ -224,9 +221,7 @@ class MirageModel(Qwen2_5_VLModel):
                 blocks.append(current)
             elif token == pad and current is not None:
                 current[1].append(column)
-            elif token == end:
-                current = None
-            elif current is not None:
+            else:  # the end token, or anything else, closes the block
                 current = None
         return blocks
 
