@@ -27,6 +27,7 @@ import statistics
 import tempfile
 import time
 
+import datasets
 import torch
 
 import tasks
@@ -112,6 +113,9 @@ def main() -> None:
     parser.add_argument("--image-scale", type=float, default=0.4375)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on a CPU (default: torch's)")
+    parser.add_argument(
+        "--dataset", default=None, help="rows saved with `Dataset.save_to_disk` instead of generated ones"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,7 +123,10 @@ def main() -> None:
 
     model, processor = load_model_and_processor("tiny", args.latent_num_tokens)
     model.to(device)
-    rows = tasks.build_dataset("vsp_planning", "mirage-direct", args.batch_size, levels=args.levels, seed=0)
+    if args.dataset:  # e.g. on a machine without the renderer's pygame
+        rows = datasets.load_from_disk(args.dataset).select(range(args.batch_size))
+    else:
+        rows = tasks.build_dataset("vsp_planning", "mirage-direct", args.batch_size, levels=args.levels, seed=0)
     trainers, batches = {}, {}
     with tempfile.TemporaryDirectory() as output_dir:
         for stage in (1, 2):

@@ -184,9 +184,14 @@ def main() -> None:
          f"{len(train)} mirage-direct rows, levels {args.levels}, {leaked} official test maps among them")
     )  # fmt: skip
 
+    start = time.perf_counter()
     eval_rows = official_slice(args.official_data_root, args.eval_per_level)
     before = generate(model, processor, eval_rows, image_scale, args.max_new_tokens, desc="untrained model")
     before_score = tasks.evaluate_predictions(eval_rows, before)["success_rate"]
+    rows_table.append(
+        ("score the untrained model", time.perf_counter() - start,
+         f"{before_score:.0%} success on {len(eval_rows)} official test maps ({args.eval_per_level} per level 3-6)")
+    )  # fmt: skip
 
     # 3. Stage 1 -----------------------------------------------------------------------------------------------------
     start = step(f"3/8 stage 1: teacher-forced latents, {stage1_args.max_steps} steps")
@@ -197,7 +202,8 @@ def main() -> None:
     cosine = first_last(trainer, "latent_target_cosine")[1]
     rows_table.append(
         ("stage 1 (latent + 0.1 CE)", time.perf_counter() - start,
-         f"loss {l0:.3f} -> {l1:.3f} (CE {c0:.2f} -> {c1:.2f}, latent {z0:.3f} -> {z1:.3f}); target cosine {cosine:.2f}")
+         f"loss {l0:.3f} -> {l1:.3f} (CE {c0:.2f} -> {c1:.2f}, latent {z0:.3f} -> {z1:.3f}); target cosine {cosine:.2f}"
+         + (" (near 1: the random vision tower hardly tells helper images apart)" if cosine > 0.9 else ""))
     )  # fmt: skip
 
     # 4. Stage 2 -----------------------------------------------------------------------------------------------------

@@ -204,9 +204,12 @@ class MirageSFTTrainer(SFTTrainer):
         fields (without decoding images) before training starts."""
         if dataset is None or not isinstance(dataset, datasets.Dataset):
             return dataset  # iterable datasets are checked batch by batch in the collator
+        features = dataset.features.copy()
         for column in IMAGE_COLUMNS:
-            if column in dataset.column_names:
-                dataset = dataset.cast_column(column, _undecoded(dataset.features[column]))
+            if column in features:
+                features[column] = _undecoded(features[column])
+        if features != dataset.features:
+            dataset = dataset.cast(features)
         if ROW_INDEX_COLUMN not in dataset.column_names:
             dataset = dataset.add_column(ROW_INDEX_COLUMN, list(range(len(dataset))))
         columns = [c for c in ("prompt", "completion", "images", "image", "helper_images", "id", ROW_INDEX_COLUMN)]
