@@ -9,8 +9,14 @@ Several processes or GPUs, through accelerate (DDP, FSDP or DeepSpeed ZeRO-3):
 
     accelerate launch --config_file examples/accelerate_configs/zero3.yaml \\
         examples/sft_mirage.py --config examples/recipes/qwen2.5-vl-7b/stage1.yaml
-    accelerate launch --num_processes 2 --cpu \\
-        examples/sft_mirage.py --config examples/recipes/tiny/stage1.yaml --max_steps 4 --output_dir /tmp/mirage-s1
+
+Two processes on CPUs (gloo). accelerate 1.15's `--cpu` flag starts a single process whatever `--num_processes`
+says; `--multi_gpu` starts torchrun, which uses gloo when there is no GPU, and `--use_cpu true` keeps the training
+on the CPU even where GPUs exist:
+
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        examples/sft_mirage.py --config examples/recipes/tiny/stage1.yaml --use_cpu true --max_steps 4 \\
+        --output_dir /tmp/mirage-s1 --print_weight_digest true
 
 Every field of the YAML recipe can be overridden on the command line (`--max_steps 10`, `--use_peft`, ...). Fields
 come from three dataclasses: `MirageScriptArguments` (data), `trainers.MirageSFTConfig` (stage, latent loss, every
