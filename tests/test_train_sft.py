@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoProcessor
 
 import tasks
 from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
@@ -293,13 +294,30 @@ def test_checkpoints_load_as_remote_code(tiny_mirage_dir, dataset, tmp_path, mon
         assert set(REMOTE_CODE_FILES) <= files and "model.safetensors" in files, files
         auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
         assert {"AutoConfig", "AutoModel", "AutoModelForImageTextToText"} <= set(auto_map)
-    loaded = AutoModel.from_pretrained(str(final), trust_remote_code=True)
-    loaded_processor = AutoProcessor.from_pretrained(str(final), trust_remote_code=True)
-    assert type(loaded).__module__.startswith("transformers_modules")
-    assert type(loaded_processor).__name__ == "MirageProcessor"
     batch = trainer.data_collator([dataset[i] for i in range(2)])
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    torch.save(inputs, tmp_path / "inputs.pt")
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.eval()(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
-    assert os.path.exists(final / "processor_config.json")
+        expected = model(**inputs).logits
+    # A fresh interpreter outside the repository, offline: only the folder's remote code can define the classes
+    # (this process has imported modeling_mirage, whose Auto registrations would take precedence here).
+    program = (
+        "import sys, torch\n"
+        "from transformers import AutoModel, AutoProcessor\n"
+        "folder, inputs = sys.argv[1], torch.load(sys.argv[2])\n"
+        "model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()\n"
+        "processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)\n"
+        "assert type(model).__module__.startswith('transformers_modules'), type(model).__module__\n"
+        "assert type(processor).__module__.startswith('transformers_modules'), type(processor).__module__\n"
+        "with torch.no_grad():\n"
+        "    torch.save(model(**inputs).logits, sys.argv[3])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for folder in (tmp_path / "checkpoint-2", final):
+        result = subprocess.run(
+            [sys.executable, "-c", program, str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "logits.pt")],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=0)

@@ -23,18 +23,13 @@ import safetensors.torch
 import torch
 from accelerate import PartialState
 from peft import LoraConfig, PeftModel
-from transformers import AutoConfig, PretrainedConfig
+from transformers import PretrainedConfig
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import WeightRenaming, rename_source_key
 
-from modeling_mirage import MirageConfig, MirageForConditionalGeneration, MirageProcessor
+from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
 
 from .tiny_base import tiny_base_path
-
-# Loading a saved Mirage folder with the local classes still reads its config through AutoConfig (the processor's
-# tokenizer does), and "mirage" is unknown to transformers: without this, it stops to ask whether to run the folder's
-# remote code. `trust_remote_code=True` loads still take the folder's own classes.
-AutoConfig.register("mirage", MirageConfig, exist_ok=True)
 
 TINY_BASE = "tiny"
 """Model name that means the embedded tiny Qwen2.5-VL base (built offline on first use)."""
