@@ -420,15 +420,14 @@ class MirageModel(Qwen2_5_VLModel):
             )
 
         hidden_size = inputs_embeds.shape[-1]
-        pad_mask = (
-            input_ids == self.config.latent_pad_token_id
-            if input_ids is not None
-            else torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
-        )
+        # Without input_ids the caller has placed every input itself (generate's decoding steps do): nothing to fill.
+        if input_ids is None and (latent_embeds is not None or helper_pixel_values is not None):
+            raise ValueError("latent_embeds and helper images need input_ids to locate the <|latent_pad|> positions")
+        pad_mask = input_ids == self.config.latent_pad_token_id if input_ids is not None else None
         latent_targets = None
         language_kwargs = dict(kwargs, attention_mask=attention_mask, use_cache=use_cache)
 
-        if latent_embeds is None and helper_pixel_values is None and not bool(pad_mask.any()):
+        if latent_embeds is None and helper_pixel_values is None and (pad_mask is None or not bool(pad_mask.any())):
             # No latent position here (most decoding steps): exactly the stock Qwen2.5-VL forward.
             outputs = self.language_model(
                 inputs_embeds=inputs_embeds, position_ids=position_ids, **{_CACHE_ARG: cache}, **language_kwargs
@@ -440,7 +439,7 @@ class MirageModel(Qwen2_5_VLModel):
                 attentions=outputs.attentions,
                 image_outputs=mm_encoder_outputs.get("image"),
                 video_outputs=mm_encoder_outputs.get("video"),
-                latent_positions=pad_mask.new_zeros((0, 2), dtype=torch.long),
+                latent_positions=torch.zeros((0, 2), dtype=torch.long, device=inputs_embeds.device),
                 latent_inputs=empty,
                 latent_hidden=empty,
                 **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD, None)},
@@ -646,7 +645,7 @@ class LatentModeLogitsProcessor(LogitsProcessor):
         neg = float("-inf")
         latent_ids = torch.tensor([self.pad_id, self.end_id], device=scores.device)
         outside = scores.index_fill(1, latent_ids, neg)  # a copy: the caller keeps the raw logits
-        if not bool(in_block.any()):  # the common case: every row is writing text
+        if scores.device.type == "cpu" and not bool(in_block.any()):  # common case; asking is free on the CPU only
             return outside
         forced_end = pads >= (self.num_tokens if self.rule == "fixed" else self.max_tokens)
         forced = torch.full_like(scores, neg)
@@ -672,6 +671,7 @@ class _LatentTrace:
     def __init__(self):
         self.rows: list[dict[int, torch.Tensor]] | None = None
         self.hidden_by_length: dict[int, torch.Tensor] = {}
+        self.steps: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # decoding steps: (position, is_pad, vectors)
 
     def record(self, outputs, processed_length: int) -> None:
         """Keep the vectors a forward fed at pads (by absolute position, so a forward without a cache, which refeeds
@@ -679,15 +679,28 @@ class _LatentTrace:
         hidden = outputs.final_hidden_state  # (B, D)
         if self.rows is None:
             self.rows = [{} for _ in range(hidden.shape[0])]
-        for (row, position), vector in zip(outputs.latent_positions.tolist(), outputs.latent_inputs.detach()):
-            self.rows[row].setdefault(position, vector)
+        if outputs.latent_positions.shape[0]:  # a shape check: no device synchronisation on decoding steps
+            for (row, position), vector in zip(outputs.latent_positions.tolist(), outputs.latent_inputs.detach()):
+                self.rows[row].setdefault(position, vector)
         self.hidden_by_length[processed_length] = hidden.detach()
         for length in [n for n in self.hidden_by_length if n < processed_length - 4]:
             del self.hidden_by_length[length]
 
+    def record_step(self, position: int, is_pad: torch.Tensor, vectors: torch.Tensor) -> None:
+        """A decoding step fed `vectors` (B, D) to the rows where `is_pad` (B,) at `position`; read back at the end,
+        so that decoding never waits for the device to say which rows were in latent mode."""
+        self.steps.append((position, is_pad, vectors.detach()))
+
+    def _resolve_steps(self) -> None:
+        for position, is_pad, vectors in self.steps:
+            for row in is_pad.nonzero().flatten().tolist():
+                self.rows[row].setdefault(position, vectors[row])
+        self.steps = []
+
     def per_row(self, sequences: torch.LongTensor, pad_id: int, hidden_size: int, dtype) -> list[torch.Tensor]:
         """Per-row `(n_r, hidden)` tensors for the pads of `sequences`, in order. A pad chosen at the last step was
         never fed; its vector is the hidden state of the step that chose it."""
+        self._resolve_steps()
         latents = []
         for row, ids in enumerate(sequences):
             vectors = []
@@ -911,6 +924,23 @@ class MirageForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         finally:
             self._latent_trace = None
         return output
+
+    def prepare_inputs_for_generation(self, input_ids, *args, latent_prev_hidden=None, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        ids = model_inputs.get("input_ids")
+        cache = model_inputs.get("cache", model_inputs.get("past_key_values"))
+        if latent_prev_hidden is None or ids is None or ids.shape[1] != 1 or cache is None:
+            model_inputs["latent_prev_hidden"] = latent_prev_hidden
+            return model_inputs
+        # A decoding step: rows whose new token is a pad are fed the hidden state before it, the others their token
+        # embedding; chosen on the device, so the step never waits to learn which rows are in latent mode.
+        is_pad = ids == self.config.latent_pad_token_id  # (B, 1)
+        embeds = self.get_input_embeddings()(ids)  # (B, 1, D)
+        model_inputs["inputs_embeds"] = torch.where(is_pad.unsqueeze(-1), latent_prev_hidden.unsqueeze(1), embeds)
+        model_inputs["input_ids"] = None
+        if self._latent_trace is not None:
+            self._latent_trace.record_step(cache.get_seq_length(), is_pad[:, 0], latent_prev_hidden)
+        return model_inputs
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
