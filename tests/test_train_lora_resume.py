@@ -7,13 +7,13 @@ import inspect
 
 import pytest
 import torch
+from train_helpers import fast_args, load
 from transformers import AutoModel, Trainer
 from trl import SFTTrainer
 from trl.trainer.utils import add_fused_lm_head
 
 import tasks
-from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
-from trainers import MirageSFTConfig, MirageSFTTrainer, language_model_lora_config, save_for_hub
+from trainers import MirageSFTTrainer, language_model_lora_config, save_for_hub
 
 
 @pytest.fixture(autouse=True)
@@ -28,32 +28,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def dataset():
     return tasks.build_dataset("vsp_planning", "mirage-direct", 16, levels=3, seed=0)
-
-
-def load(tiny_mirage_dir):
-    return MirageForConditionalGeneration.from_pretrained(tiny_mirage_dir), MirageProcessor.from_pretrained(
-        tiny_mirage_dir
-    )
-
-
-def fast_args(output_dir, **overrides) -> MirageSFTConfig:
-    kwargs = dict(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        report_to="none",
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        warmup_steps=0,
-        logging_steps=1,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        dataloader_num_workers=0,
-        image_scale=0.4375,
-        disable_tqdm=True,
-        seed=0,
-    )
-    kwargs.update(overrides)
-    return MirageSFTConfig(**kwargs)
 
 
 def test_lora_trains_only_language_model_adapters_and_merges(tiny_mirage_dir, dataset, tmp_path, monkeypatch):

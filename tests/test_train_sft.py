@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from train_helpers import fast_args, load
 
 import tasks
-from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
-from trainers import MirageSFTConfig, MirageSFTTrainer
+from trainers import MirageSFTTrainer
 from trainers.model_setup import REMOTE_CODE_FILES
 from trainers.sft_trainer import mean_pairwise_cosine
 
@@ -41,35 +41,6 @@ def mixed_rows():
     """Rows of two map sizes, so prompts (and latent blocks) sit at different columns."""
     data = tasks.build_dataset("vsp_planning", "mirage-direct", 4, levels="3-4", seed=5)
     return [data[i] for i in range(len(data))]
-
-
-def load(tiny_mirage_dir: str) -> tuple[MirageForConditionalGeneration, MirageProcessor]:
-    return MirageForConditionalGeneration.from_pretrained(tiny_mirage_dir), MirageProcessor.from_pretrained(
-        tiny_mirage_dir
-    )
-
-
-def fast_args(output_dir, **overrides) -> MirageSFTConfig:
-    """A few-second CPU run: tiny batch, high constant learning rate, fp32, no checkpointing, log every step."""
-    kwargs = dict(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        report_to="none",
-        per_device_train_batch_size=4,
-        max_steps=30,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        logging_steps=1,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        dataloader_num_workers=0,
-        image_scale=0.4375,
-        disable_tqdm=True,
-        seed=0,
-    )
-    kwargs.update(overrides)
-    return MirageSFTConfig(**kwargs)
 
 
 def logged(trainer, key: str) -> list[float]:
