@@ -403,6 +403,13 @@ def build_tiny_base(
     try:
         model.save_pretrained(staging, safe_serialization=True)
         processor.save_pretrained(staging)
+        missing = [name for name in ("config.json", "model.safetensors") if not (staging / name).is_file()]
+        if missing:  # transformers writes weights on rank 0 only once torch.distributed is initialised
+            raise RuntimeError(
+                f"building the tiny base wrote no {missing} on this process (rank "
+                f"{os.environ.get('RANK', '?')}): under torch.distributed only the main process saves weights; "
+                "build it there first into a shared cache_dir (trainers.model_setup does)"
+            )
         if output.is_dir() and not any(output.iterdir()):
             output.rmdir()
         elif output.exists():
