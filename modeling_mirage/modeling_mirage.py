@@ -29,6 +29,7 @@ from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, Mul
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLModel,
+    Qwen2_5_VLPreTrainedModel,
     Qwen2_5_VLTextModel,
 )
 
@@ -727,10 +728,12 @@ class MirageForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     config_class = MirageConfig
 
     def __init__(self, config: MirageConfig):
-        super().__init__(config)
+        # The stock __init__ would build a Qwen2_5_VLModel only to replace it: build the Mirage backbone directly.
+        Qwen2_5_VLPreTrainedModel.__init__(self, config)
         self.model = MirageModel(config)
-        self.post_init()
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self._latent_trace: _LatentTrace | None = None
+        self.post_init()
 
     # ---- conversion -----------------------------------------------------------------------------------------------
 

@@ -9,6 +9,9 @@ from tiny_models import (
     LPAD,
     LSTART,
     PAD_TEXT,
+    VEND,
+    VIDEO,
+    VSTART,
     image_tokens,
     pad_batch,
     random_pixels,
@@ -39,12 +42,13 @@ class ForceAt(LogitsProcessor):
 
 
 def no_early_stop():
-    """Suppress end-of-text and the padding id so rows run to max_new_tokens unless a test forces them."""
+    """Suppress end-of-text and the padding id so rows run to max_new_tokens unless a test forces them, and the vision
+    placeholders, which a random model could otherwise write without an image behind them."""
 
     class Suppress(LogitsProcessor):
         def __call__(self, input_ids, scores):
             scores = scores.clone()
-            scores[:, [EOS, PAD_TEXT]] = NEG
+            scores[:, [EOS, PAD_TEXT, IMAGE, VIDEO, VSTART, VEND]] = NEG
             return scores
 
     return Suppress()
