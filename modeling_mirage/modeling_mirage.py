@@ -903,7 +903,6 @@ class MirageForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             ("num_beams", lambda v: v is not None and v > 1),
             ("assistant_model", lambda v: v is not None),
             ("prompt_lookup_num_tokens", lambda v: v is not None),
-            ("num_assistant_tokens", lambda v: False),
         ):
             value = kwargs.get(name, getattr(config, name, None))
             if unsupported(value):
