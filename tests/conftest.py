@@ -6,8 +6,19 @@ Both folders are shared by every test of the session: treat them as read-only (l
 from __future__ import annotations
 
 import pytest
+import torch
 
 from trainers.tiny_base import tiny_base_path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run many small ops; on a shared 2-core machine two intra-op threads stall on each other whenever
+    a core is busy elsewhere, so the training tests use one (and put the setting back)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

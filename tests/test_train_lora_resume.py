@@ -15,14 +15,7 @@ from trl.trainer.utils import add_fused_lm_head
 import tasks
 from trainers import MirageSFTTrainer, language_model_lora_config, save_for_hub
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """See test_train_sft.py: one intra-op thread keeps tiny-model steps fast on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

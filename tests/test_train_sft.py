@@ -19,15 +19,7 @@ from trainers import MirageSFTTrainer
 from trainers.model_setup import REMOTE_CODE_FILES
 from trainers.sft_trainer import mean_pairwise_cosine
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run many small ops; on a shared 2-core machine two intra-op threads stall on each other whenever
-    a core is busy elsewhere, so these tests use one (and put the setting back)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
