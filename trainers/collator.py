@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from modeling_mirage import LATENT_PLACEHOLDER
+from modeling_mirage.processing_mirage import check_latent_token_ids
 
 # Column the trainer adds so that errors can name a row by its index in the dataset, not just in the batch.
 ROW_INDEX_COLUMN = "__row_index__"
@@ -240,21 +241,18 @@ class MirageDataCollator:
             raise ValueError(f"stage must be 1 or 2, got {self.stage!r}")
         tokenizer = self.processor.tokenizer
         vocab = tokenizer.get_vocab()
-        for token in ("<|latent_pad|>", "<|latent_start|>", "<|latent_end|>"):
-            if token not in vocab:
-                raise ValueError(
-                    f"the processor's tokenizer lacks {token}; build it with MirageProcessor.from_base(...)"
-                )
+        # The same check MirageProcessor makes: the three tokens exist, in order, at the end of the vocabulary.
+        self.latent_pad_id, self.latent_start_id, latent_end_id = check_latent_token_ids(tokenizer)
         if self.end_token not in vocab:
             self.end_token = tokenizer.eos_token
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.latent_pad_id = vocab["<|latent_pad|>"]
-        self.latent_start_id = vocab["<|latent_start|>"]
         # Tokens a max_length cut may never drop: vision placeholders (their features would be orphaned) and latent
         # markers (a block cut in half cannot be teacher forced).
-        protected = ["<|latent_pad|>", "<|latent_start|>", "<|latent_end|>", "<|vision_start|>", "<|vision_end|>"]
-        protected += ["<|image_pad|>", "<|video_pad|>"]
-        self._protected = torch.tensor([vocab[t] for t in protected if t in vocab])
+        vision = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+        protected = [self.latent_pad_id, self.latent_start_id, latent_end_id] + [
+            vocab[t] for t in vision if t in vocab
+        ]
+        self._protected = torch.tensor(protected)
 
     def _render(self, row: CheckedRow, where: str) -> tuple[str, str]:
         """(prompt text ending with the assistant header, completion text ending with the end-of-turn token)."""

@@ -36,6 +36,7 @@ from peft import PeftModel
 from trl import SFTTrainer
 
 from modeling_mirage import MirageProcessor
+from modeling_mirage.processing_mirage import check_latent_token_ids
 
 from .collator import ROW_INDEX_COLUMN, MirageDataCollator, check_example
 from .config import MirageSFTConfig
@@ -190,8 +191,7 @@ class MirageSFTTrainer(SFTTrainer):
                 f"latent_num_tokens disagree: model config {k_model}, processor {k_processor}, MirageSFTConfig "
                 f"{args.latent_num_tokens}; k is fixed when a model is converted, so set the config to the model's"
             )
-        vocab = processor.tokenizer.get_vocab()
-        ids = tuple(vocab.get(t) for t in ("<|latent_pad|>", "<|latent_start|>", "<|latent_end|>"))
+        ids = check_latent_token_ids(processor.tokenizer)
         if ids != tuple(config.latent_token_ids):
             raise ValueError(
                 f"the processor's latent token ids {ids} differ from the model's {tuple(config.latent_token_ids)} "
