@@ -33,8 +33,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_mirage", "trainers", "tasks", "hub_cards"],
-    package_data={"tasks": ["metrics/*/*.py"], "hub_cards": ["templates/*.md"]},
+    packages=["modeling_mirage", "trainers", "mirage_tasks", "mirage_tiny", "hub_cards"],
+    package_data={"mirage_tasks": ["metrics/*/*.py"], "hub_cards": ["templates/*.md"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-import tasks
-from tasks.vsp import random_map, render_array, render_with_gymnasium
+import mirage_tasks
+from mirage_tasks.vsp import random_map, render_array, render_with_gymnasium
 
 
 def rate(fn, n: int) -> float:
@@ -44,13 +44,13 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}"
     )
     print(f"{'task':<15}{'make_examples ex/s':>20}{'build_dataset ex/s':>20}")
-    for task in tasks.TASKS:
-        gen = rate(lambda t=task: tasks.make_examples(t, "mirage-cot", args.n, args.levels, seed=1), args.n)
-        built = rate(lambda t=task: tasks.build_dataset(t, "mirage-cot", args.n, args.levels, seed=1), args.n)
+    for task in mirage_tasks.TASKS:
+        gen = rate(lambda t=task: mirage_tasks.make_examples(t, "mirage-cot", args.n, args.levels, seed=1), args.n)
+        built = rate(lambda t=task: mirage_tasks.build_dataset(t, "mirage-cot", args.n, args.levels, seed=1), args.n)
         print(f"{task:<15}{gen:>20.0f}{built:>20.0f}")
 
     rng = random.Random(0)
-    maps = [random_map(rng, side) for side in tasks.parse_levels(args.levels) for _ in range(50)]
+    maps = [random_map(rng, side) for side in mirage_tasks.parse_levels(args.levels) for _ in range(50)]
     for m in maps[:3]:
         assert np.array_equal(render_array(m), render_with_gymnasium(m))  # same pixels, or the ratio means nothing
     fast = rate(lambda: [render_array(m) for m in maps], len(maps))

@@ -46,7 +46,7 @@ class ForceEvery(LogitsProcessor):
 
 def build_inputs(processor, batch: int):
     """A batch of VSP-planning chat prompts with rendered maps of different sizes, left-padded."""
-    from tasks import build_dataset
+    from mirage_tasks import build_dataset
 
     rows = build_dataset("vsp_planning", "mirage-direct", n=batch, levels=(3, 4, 5, 6), seed=0)
     texts, images = [], []
@@ -61,7 +61,7 @@ def build_inputs(processor, batch: int):
 
 def load_models(args):
     if args.model is None:
-        from trainers.tiny_base import tiny_base_path
+        from mirage_tiny import tiny_base_path
 
         base = tiny_base_path()
     else:

@@ -30,7 +30,7 @@ import time
 import datasets
 import torch
 
-import tasks
+import mirage_tasks
 from trainers import MirageSFTConfig, MirageSFTTrainer, load_model_and_processor
 
 
@@ -126,7 +126,7 @@ def main() -> None:
     if args.dataset:  # e.g. on a machine without the renderer's pygame
         rows = datasets.load_from_disk(args.dataset).select(range(args.batch_size))
     else:
-        rows = tasks.build_dataset("vsp_planning", "mirage-direct", args.batch_size, levels=args.levels, seed=0)
+        rows = mirage_tasks.build_dataset("vsp_planning", "mirage-direct", args.batch_size, levels=args.levels, seed=0)
     trainers, batches = {}, {}
     with tempfile.TemporaryDirectory() as output_dir:
         for stage in (1, 2):

@@ -37,7 +37,7 @@ import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
-import tasks
+import mirage_tasks
 from hub_cards import write_model_card
 from trainers import MirageSFTConfig, MirageSFTTrainer, load_model_and_processor, save_for_hub
 
@@ -115,7 +115,7 @@ def first_last(trainer, key: str, window: int = 3) -> tuple[float, float]:
 
 def official_slice(root, per_level: int) -> list[dict]:
     """The first `per_level` official test maps of each level (3-6), in file order."""
-    test = tasks.load_official_planning_test(root)
+    test = mirage_tasks.load_official_planning_test(root)
     taken, rows = collections.Counter(), []
     for index in range(len(test)):
         level = test[index]["level"]
@@ -172,13 +172,13 @@ def main() -> None:
 
     # 2. Data --------------------------------------------------------------------------------------------------------
     start = step("2/8 generate the VSP-planning training set")
-    official = tasks.official_test_maps(args.official_data_root)
-    train = tasks.build_dataset(
+    official = mirage_tasks.official_test_maps(args.official_data_root)
+    train = mirage_tasks.build_dataset(
         "vsp_planning", "mirage-direct", args.train_examples, levels=args.levels, seed=0, exclude=official,
         progress=True,
     )  # fmt: skip
-    official_keys = {tasks.map_key(m) for m in official}
-    leaked = sum(tasks.map_key(m) in official_keys for m in train["map_desc"])
+    official_keys = {mirage_tasks.map_key(m) for m in official}
+    leaked = sum(mirage_tasks.map_key(m) in official_keys for m in train["map_desc"])
     rows_table.append(
         ("training data", time.perf_counter() - start,
          f"{len(train)} mirage-direct rows, levels {args.levels}, {leaked} official test maps among them")
@@ -187,7 +187,7 @@ def main() -> None:
     start = time.perf_counter()
     eval_rows = official_slice(args.official_data_root, args.eval_per_level)
     before = generate(model, processor, eval_rows, image_scale, args.max_new_tokens, desc="untrained model")
-    before_score = tasks.evaluate_predictions(eval_rows, before)["success_rate"]
+    before_score = mirage_tasks.evaluate_predictions(eval_rows, before)["success_rate"]
     rows_table.append(
         ("score the untrained model", time.perf_counter() - start,
          f"{before_score:.0%} success on {len(eval_rows)} official test maps ({args.eval_per_level} per level 3-6)")
@@ -220,7 +220,7 @@ def main() -> None:
     # 5-6. Generation and success rate on official maps ---------------------------------------------------------------
     start = step(f"5/8 generate on {len(eval_rows)} official test maps (greedy)")
     texts = generate(model, processor, eval_rows, image_scale, args.max_new_tokens, desc="official maps")
-    result = tasks.evaluate_predictions(eval_rows, texts)
+    result = mirage_tasks.evaluate_predictions(eval_rows, texts)
     with_block = sum(model.config.latent_num_tokens * "<|latent_pad|>" in t for t in texts)
     rows_table.append(
         ("generate (official maps)", time.perf_counter() - start,
@@ -229,12 +229,12 @@ def main() -> None:
     print("\nExample outputs (official test maps):")
     for row, text in list(zip(eval_rows, texts))[: args.examples]:
         print(f"  map {row['id']} (level {row['level']}, gold {row['answer']}): {text!r}")
-        print(f"    -> {tasks.planning_outcome(text, row['map_desc'])}")
+        print(f"    -> {mirage_tasks.planning_outcome(text, row['map_desc'])}")
 
     start = step("6/8 success rate on the official slice")
     answers = collections.Counter(train["answer"])
     constant = max(
-        (tasks.evaluate_predictions(eval_rows, [f"\\boxed{{{a}}}"] * len(eval_rows))["success_rate"], a)
+        (mirage_tasks.evaluate_predictions(eval_rows, [f"\\boxed{{{a}}}"] * len(eval_rows))["success_rate"], a)
         for a, _ in answers.most_common(20)
     )
     per_level = ", ".join(f"{lvl}: {rate:.0%}" for lvl, rate in result["per_level"].items())

@@ -20,17 +20,19 @@ from pathlib import Path
 import datasets
 from transformers import HfArgumentParser
 
-import tasks
+import mirage_tasks
 from hub_cards import push_dataset_with_card, render_dataset_card
-from tasks.official import PLANNING_TEST, official_data_root
+from mirage_tasks.official import PLANNING_TEST, official_data_root
 
 
 @dataclass
 class MakeDatasetArguments:
     """Command-line options of ``make_dataset.py``."""
 
-    task: str = field(metadata={"help": "Task to generate.", "choices": list(tasks.TASKS)})
-    variant: str = field(metadata={"help": "Training variant (completion layout).", "choices": list(tasks.VARIANTS)})
+    task: str = field(metadata={"help": "Task to generate.", "choices": list(mirage_tasks.TASKS)})
+    variant: str = field(
+        metadata={"help": "Training variant (completion layout).", "choices": list(mirage_tasks.VARIANTS)}
+    )
     output_dir: str = field(metadata={"help": "Folder to write the parquet splits and README.md card into."})
     n_train: int = field(default=1000, metadata={"help": "Rows in the train split."})
     n_test: int = field(default=200, metadata={"help": "Rows in the test split."})
@@ -66,7 +68,7 @@ def official_exclusion(spec: str) -> tuple[list, str]:
         if spec != "auto":
             raise
         return [], "official test maps not found (set MIRAGE_OFFICIAL_DATA); not excluding them"
-    maps = tasks.official_test_maps(path)
+    maps = mirage_tasks.official_test_maps(path)
     return maps, f"excluding the {len(maps)} official test maps of {path}"
 
 
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> datasets.DatasetDict:
     (args,) = HfArgumentParser(MakeDatasetArguments).parse_args_into_dataclasses(args=argv)
     exclude, note = official_exclusion(args.exclude_official)
     print(note, file=sys.stderr)
-    splits = tasks.build_splits(
+    splits = mirage_tasks.build_splits(
         args.task,
         args.variant,
         args.n_train,
@@ -99,8 +101,8 @@ def main(argv: list[str] | None = None) -> datasets.DatasetDict:
     for name, split in splits.items():
         split.to_parquet(str(out / "data" / f"{name}-00000-of-00001.parquet"))
         if args.write_official:
-            tasks.write_official_jsonl(split, out / "official" / f"{name}.jsonl")
-    example = tasks.completion_text(splits["train"][0] if len(splits["train"]) else splits["test"][0])
+            mirage_tasks.write_official_jsonl(split, out / "official" / f"{name}.jsonl")
+    example = mirage_tasks.completion_text(splits["train"][0] if len(splits["train"]) else splits["test"][0])
     card = render_dataset_card(
         task=args.task,
         variant=args.variant,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
-from trainers.tiny_base import build_tiny_base
+from mirage_tiny import build_tiny_base
 
 
 @dataclass

@@ -40,7 +40,7 @@ import torch
 from accelerate import PartialState
 from trl import ModelConfig, ScriptArguments, TrlParser
 
-import tasks
+import mirage_tasks
 from trainers import (
     MirageSFTConfig,
     MirageSFTTrainer,
@@ -62,10 +62,15 @@ class MirageScriptArguments(ScriptArguments):
             "None: generate rows with the task suite (task, variant, num_train_examples, levels, dataset_seed)."
         },
     )
-    task: str = field(default="vsp_planning", metadata={"help": "Task to generate.", "choices": list(tasks.TASKS)})
+    task: str = field(
+        default="vsp_planning", metadata={"help": "Task to generate.", "choices": list(mirage_tasks.TASKS)}
+    )
     variant: str = field(
         default="mirage-direct",
-        metadata={"help": "Completion layout; stage 1 needs a mirage-* variant.", "choices": list(tasks.VARIANTS)},
+        metadata={
+            "help": "Completion layout; stage 1 needs a mirage-* variant.",
+            "choices": list(mirage_tasks.VARIANTS),
+        },
     )
     num_train_examples: int = field(default=512, metadata={"help": "Rows to generate."})
     levels: str = field(default="3-6", metadata={"help": "Levels to generate (map side length): '3-6', '3,4'."})
@@ -100,10 +105,10 @@ def train_dataset(script_args: MirageScriptArguments) -> datasets.Dataset:
     exclude = []
     if script_args.task.startswith("vsp"):
         try:
-            exclude = tasks.official_test_maps(script_args.official_data_root)
+            exclude = mirage_tasks.official_test_maps(script_args.official_data_root)
         except FileNotFoundError as error:
             warnings.warn(f"official test maps not excluded from the generated data: {error}", stacklevel=2)
-    return tasks.build_dataset(
+    return mirage_tasks.build_dataset(
         script_args.task,
         script_args.variant,
         script_args.num_train_examples,

@@ -66,7 +66,7 @@ def render_dataset_card(
     """Fill the dataset card template for one generated task dataset.
 
     Args:
-        task, variant: what was generated (see ``tasks.TASKS`` and ``tasks.VARIANTS``).
+        task, variant: what was generated (see ``mirage_tasks.TASKS`` and ``mirage_tasks.VARIANTS``).
         split_sizes: rows per split, e.g. ``{"train": 1000, "test": 200}``; each split is ``data/<split>-*.parquet``.
         levels: the levels as given on the command line (``"3-6"``).
         seed: the generation seed.

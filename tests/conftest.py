@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers.tiny_base import tiny_base_path
+from mirage_tiny import tiny_base_path
 
 
 @pytest.fixture

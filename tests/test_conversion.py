@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2Config
 
+from mirage_tiny import tiny_base_path
 from modeling_mirage import LATENT_TOKENS, MirageForConditionalGeneration, MirageProcessor
-from trainers.tiny_base import tiny_base_path
 
 
 @pytest.fixture(scope="module")

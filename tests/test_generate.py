@@ -311,8 +311,8 @@ def test_beam_search_and_assisted_decoding_are_refused(model):
 def test_text_streamer_shows_latent_blocks(capsys):
     from transformers import TextStreamer
 
+    from mirage_tiny import tiny_base_path
     from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
-    from trainers.tiny_base import tiny_base_path
 
     processor = MirageProcessor.from_base(tiny_base_path())
     model = MirageForConditionalGeneration.from_base(tiny_base_path(), processor=processor).eval()

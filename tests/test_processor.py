@@ -3,8 +3,8 @@
 import pytest
 from PIL import Image
 
+from mirage_tiny import tiny_base_path
 from modeling_mirage import LATENT_PLACEHOLDER, MirageProcessor, expand_latent_placeholders, latent_block
-from trainers.tiny_base import tiny_base_path
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import datasets
 import pytest
 import yaml
 
-import tasks
+import mirage_tasks
 from hub_cards import render_dataset_card
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def test_cli_writes_hub_layout_with_card_and_is_deterministic(make_dataset, tmp_
         assert (tmp_path / "a" / "official" / f"{name}.jsonl").is_file()
     train_maps = {str(m) for m in splits["train"]["map_desc"]}
     assert not train_maps & {str(m) for m in splits["test"]["map_desc"]}
-    assert not train_maps & {str(m) for m in tasks.official_test_maps()}
+    assert not train_maps & {str(m) for m in mirage_tasks.official_test_maps()}
 
     card = (tmp_path / "a" / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
@@ -50,7 +50,7 @@ def test_cli_writes_hub_layout_with_card_and_is_deterministic(make_dataset, tmp_
     assert "| train | 24 |" in card and "--seed 3" in card and "<output_image>The answer is" in card
 
     loaded = datasets.load_dataset(str(tmp_path / "a"), cache_dir=str(tmp_path / "cache"))
-    assert loaded["train"].features == tasks.FEATURES and len(loaded["test"]) == 8
+    assert loaded["train"].features == mirage_tasks.FEATURES and len(loaded["test"]) == 8
     assert loaded["train"][0]["helper_images"][0].size == loaded["train"][0]["images"][0].size
 
 
@@ -59,11 +59,11 @@ def test_cli_exclusion_can_be_turned_off_and_rejects_bad_choices(make_dataset, t
     assert "not excluding" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         make_dataset.main(["--task", "maze", "--variant", "direct", "--output-dir", str(tmp_path)])
-    with pytest.raises(tasks.LevelError, match="levels must lie in 3-8"):
+    with pytest.raises(mirage_tasks.LevelError, match="levels must lie in 3-8"):
         make_dataset.main(_args(tmp_path / "d", "--levels", "2-4"))
 
 
-@pytest.mark.parametrize("task", tasks.TASKS)
+@pytest.mark.parametrize("task", mirage_tasks.TASKS)
 def test_dataset_card_renders_for_every_task(task):
     card = render_dataset_card(task=task, variant="cot", split_sizes={"train": 5, "test": 2}, levels="3-6", seed=0,
                                example_completion="<think> x </think>", command="python examples/make_dataset.py")  # fmt: skip

@@ -3,17 +3,17 @@
 import evaluate
 import pytest
 
-import tasks
+import mirage_tasks
 
 
 @pytest.fixture(scope="module")
 def planning_metric():
-    return evaluate.load(tasks.VSP_PLANNING_METRIC)
+    return evaluate.load(mirage_tasks.VSP_PLANNING_METRIC)
 
 
 @pytest.fixture(scope="module")
 def choice_metric():
-    return evaluate.load(tasks.MULTIPLE_CHOICE_METRIC)
+    return evaluate.load(mirage_tasks.MULTIPLE_CHOICE_METRIC)
 
 
 def test_planning_metric_reports_outcome_rates_and_levels(planning_metric):
@@ -32,21 +32,21 @@ def test_planning_metric_reports_outcome_rates_and_levels(planning_metric):
 
 
 def test_planning_metric_accumulates_batches(planning_metric):
-    rows = tasks.make_examples("vsp_planning", "direct", 6, levels="3-5")
+    rows = mirage_tasks.make_examples("vsp_planning", "direct", 6, levels="3-5")
     for row in rows:
-        planning_metric.add_batch(predictions=[tasks.completion_text(row)], references=[row["map_desc"]])
+        planning_metric.add_batch(predictions=[mirage_tasks.completion_text(row)], references=[row["map_desc"]])
     assert planning_metric.compute()["success_rate"] == 1.0
 
 
 def test_choice_metric_matches_evaluate_predictions(choice_metric):
-    rows = tasks.make_examples("vsp_reasoning", "cot", 9, levels="3-5")
-    preds = [tasks.completion_text(r) for r in rows]
+    rows = mirage_tasks.make_examples("vsp_reasoning", "cot", 9, levels="3-5")
+    preds = [mirage_tasks.completion_text(r) for r in rows]
     preds[0], preds[1] = "\\boxed{(" + rows[0]["answer"] + ")}", "no box"
     preds[2] = "\\boxed{" + ("A" if rows[2]["answer"] != "A" else "B") + "}"
     result = choice_metric.compute(
         predictions=preds, references=[r["answer"] for r in rows], levels=[r["level"] for r in rows]
     )
-    summary = tasks.evaluate_predictions(rows, preds)
+    summary = mirage_tasks.evaluate_predictions(rows, preds)
     assert result["success_rate"] == pytest.approx(7 / 9) == summary["success_rate"]
     assert result["invalid_rate"] == pytest.approx(1 / 9) == summary["invalid_rate"]
     assert result["per_level"] == pytest.approx(summary["per_level"])

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tasks
-from tasks import TaskDataError
-from tasks.official import (
+import mirage_tasks
+from mirage_tasks import TaskDataError
+from mirage_tasks.official import (
     PLANNING_TEST,
     REASONING_SAMPLES,
     official_data_root,
     read_official_rows,
     resolve_image_path,
 )
-from tasks.templates import COT_SUFFIX
-from tasks.verifiers import extract_choice
+from mirage_tasks.templates import COT_SUFFIX
+from mirage_tasks.verifiers import extract_choice
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,12 @@ def official_root():
 
 @pytest.fixture(scope="module")
 def planning_test(official_root):
-    return tasks.load_official_planning_test(official_root)
+    return mirage_tasks.load_official_planning_test(official_root)
 
 
 @pytest.fixture(scope="module")
 def reasoning_samples(official_root):
-    return tasks.load_official_reasoning_samples(official_root)
+    return mirage_tasks.load_official_reasoning_samples(official_root)
 
 
 def _pixels(image):
@@ -61,31 +61,35 @@ def test_env_var_points_at_the_official_data(monkeypatch, tmp_path, official_roo
 
 def test_planning_test_set_reads_in_canonical_form(planning_test):
     assert len(planning_test) == 400
-    assert planning_test.features == tasks.FEATURES
+    assert planning_test.features == mirage_tasks.FEATURES
     assert sorted(set(planning_test["level"])) == [3, 4, 5, 6]
     assert all(planning_test["level"].count(level) == 100 for level in (3, 4, 5, 6))
     row = planning_test[0]
     assert row["task"] == "vsp_planning" and row["variant"] == "direct" and row["completion"] == []
     assert [c["type"] for c in row["prompt"][0]["content"]] == ["text", "image", "text"]
     assert row["helper_images"] == [] and row["map_desc"] == [[2, -1, 1], [0, 0, 0], [0, 0, 0]]
-    assert all(tasks.simulate_plan(r["map_desc"], r["answer"]) == "success" for r in planning_test)
+    assert all(mirage_tasks.simulate_plan(r["map_desc"], r["answer"]) == "success" for r in planning_test)
 
 
 def test_planning_test_prompt_follows_the_variant(official_root):
-    cot = tasks.load_official_planning_test(official_root, variant="mirage-cot")
-    assert tasks.prompt_text(cot[0]).endswith(COT_SUFFIX) and cot[0]["variant"] == "mirage-cot"
+    cot = mirage_tasks.load_official_planning_test(official_root, variant="mirage-cot")
+    assert mirage_tasks.prompt_text(cot[0]).endswith(COT_SUFFIX) and cot[0]["variant"] == "mirage-cot"
 
 
 def test_reasoning_samples_read_with_helper_images_and_recovered_maps(reasoning_samples):
     assert len(reasoning_samples) == 10  # nine newline-terminated lines and a last one without a newline
     for row in reasoning_samples:
         assert row["variant"] == "mirage-cot" and row["task"] == "vsp_reasoning"
-        assert len(row["helper_images"]) == 1 == tasks.completion_text(row).count(tasks.LATENT_PLACEHOLDER)
+        assert (
+            len(row["helper_images"]) == 1 == mirage_tasks.completion_text(row).count(mirage_tasks.LATENT_PLACEHOLDER)
+        )
         assert row["map_desc"], "map recovered from the input picture"
         assert row["level"] == len(row["map_desc"])
         # the official answer agrees with simulating the official plan on the recovered map
-        truth = {"success": "A", "hole": "B", "not_at_goal": "C"}[tasks.simulate_plan(row["map_desc"], row["plan"])]
-        assert row["answer"] == truth == extract_choice(tasks.completion_text(row))
+        truth = {"success": "A", "hole": "B", "not_at_goal": "C"}[
+            mirage_tasks.simulate_plan(row["map_desc"], row["plan"])
+        ]
+        assert row["answer"] == truth == extract_choice(mirage_tasks.completion_text(row))
 
 
 def test_official_files_round_trip(tmp_path, official_root, planning_test, reasoning_samples):
@@ -93,8 +97,8 @@ def test_official_files_round_trip(tmp_path, official_root, planning_test, reaso
         ("planning", planning_test, PLANNING_TEST),
         ("reasoning", reasoning_samples, REASONING_SAMPLES),
     ]:
-        path = tasks.write_official_jsonl(dataset, tmp_path / name / "out.jsonl")
-        back = tasks.read_official_jsonl(path)
+        path = mirage_tasks.write_official_jsonl(dataset, tmp_path / name / "out.jsonl")
+        back = mirage_tasks.read_official_jsonl(path)
         _same_rows(dataset, back)
         original = [json.loads(line) for line in (official_root / source).read_text().splitlines() if line.strip()]
         written = [json.loads(line) for line in path.read_text().splitlines()]
@@ -108,12 +112,12 @@ def test_official_files_round_trip(tmp_path, official_root, planning_test, reaso
         assert (path.parent / written[0]["image_input"]).read_bytes() == src.read_bytes()
 
 
-@pytest.mark.parametrize("task", tasks.TASKS)
+@pytest.mark.parametrize("task", mirage_tasks.TASKS)
 def test_generated_rows_round_trip(tmp_path, task):
-    rows = tasks.make_examples(task, "mirage-cot", 6, levels="3-5", seed=4)
-    path = tasks.write_official_jsonl(rows, tmp_path / "gen.jsonl", tmp_path / "root")
+    rows = mirage_tasks.make_examples(task, "mirage-cot", 6, levels="3-5", seed=4)
+    path = mirage_tasks.write_official_jsonl(rows, tmp_path / "gen.jsonl", tmp_path / "root")
     _same_rows(rows, read_official_rows(path, tmp_path / "root"))
-    _same_rows(tasks.rows_to_dataset(rows), tasks.read_official_jsonl(path, tmp_path / "root"))
+    _same_rows(mirage_tasks.rows_to_dataset(rows), mirage_tasks.read_official_jsonl(path, tmp_path / "root"))
 
 
 def test_paths_resolve_from_the_original_repository_root_or_the_copied_folder(tmp_path, official_root):
@@ -138,7 +142,7 @@ def test_paths_resolve_from_the_original_repository_root_or_the_copied_folder(tm
 @pytest.fixture()
 def jsonl(tmp_path):
     """Write records (with a valid 3x3 map picture at img.png) and return the JSONL path."""
-    tasks.render_map([[1, 0, 0], [0, 0, 0], [0, 0, 2]]).save(tmp_path / "img.png")
+    mirage_tasks.render_map([[1, 0, 0], [0, 0, 0], [0, 0, 2]]).save(tmp_path / "img.png")
     (tmp_path / "garbage.png").write_bytes(b"not a png at all")
 
     def write(*records):
@@ -151,7 +155,7 @@ def jsonl(tmp_path):
 
 def _good(**fields):
     record = {
-        "text_input": tasks.templates.PLANNING_PROMPT.format(suffix=tasks.templates.DIRECT_SUFFIX),
+        "text_input": mirage_tasks.templates.PLANNING_PROMPT.format(suffix=mirage_tasks.templates.DIRECT_SUFFIX),
         "image_input": "./data/x/img.png",
         "map_desc": [[1, 0, 0], [0, 0, 0], [0, 0, 2]],
     }
@@ -183,7 +187,7 @@ def _good(**fields):
 def test_bad_rows_raise_errors_naming_row_and_field(jsonl, record, message):
     path = jsonl(_good(), record)
     with pytest.raises(TaskDataError, match=message) as caught:
-        tasks.read_official_jsonl(path)
+        mirage_tasks.read_official_jsonl(path)
     assert caught.value.row == 1
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.official import PLANNING_TEST, REASONING_SAMPLES, official_data_root, resolve_image_path
-from tasks.vsp import (
+from mirage_tasks.official import PLANNING_TEST, REASONING_SAMPLES, official_data_root, resolve_image_path
+from mirage_tasks.vsp import (
     draw_path,
     map_from_image,
     random_map,

@@ -4,15 +4,15 @@ import random
 
 import pytest
 
-import tasks
-from tasks.errors import TaskDataError
-from tasks.verifiers import (
+import mirage_tasks
+from mirage_tasks.errors import TaskDataError
+from mirage_tasks.verifiers import (
     jigsaw_reasoning_errors,
     planning_reasoning_errors,
     reasoning_reasoning_errors,
     row_errors,
 )
-from tasks.vsp import parse_moves, random_map
+from mirage_tasks.vsp import parse_moves, random_map
 
 # S . H
 # . H .
@@ -43,7 +43,7 @@ MAP = [[1, 0, -1], [0, -1, 0], [0, 0, 2]]
     ],
 )
 def test_simulate_plan_hand_cases(moves, outcome):
-    assert tasks.simulate_plan(MAP, moves) == outcome
+    assert mirage_tasks.simulate_plan(MAP, moves) == outcome
 
 
 def test_parse_moves_normalises_to_letters():
@@ -53,10 +53,10 @@ def test_parse_moves_normalises_to_letters():
 
 
 def test_solve_map_is_shortest_and_rejects_unsolvable_maps():
-    assert tasks.solve_map(MAP) == "DDRR"
-    assert tasks.solve_map([[2, 1, 0]]) == "L"
+    assert mirage_tasks.solve_map(MAP) == "DDRR"
+    assert mirage_tasks.solve_map([[2, 1, 0]]) == "L"
     with pytest.raises(TaskDataError, match="field 'map_desc': the goal cannot be reached"):
-        tasks.solve_map([[1, -1, 2], [0, -1, 0]])
+        mirage_tasks.solve_map([[1, -1, 2], [0, -1, 0]])
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_solve_map_is_shortest_and_rejects_unsolvable_maps():
     ],
 )
 def test_extract_boxed(text, boxed):
-    assert tasks.extract_boxed(text) == boxed
+    assert mirage_tasks.extract_boxed(text) == boxed
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def test_extract_boxed(text, boxed):
      ("\\boxed{Apple}", None), ("B", None)],
 )  # fmt: skip
 def test_extract_choice(text, letter):
-    assert tasks.extract_choice(text, "ABC") == letter
+    assert mirage_tasks.extract_choice(text, "ABC") == letter
 
 
 @pytest.mark.parametrize(
@@ -101,22 +101,22 @@ def test_extract_choice(text, letter):
     ],
 )
 def test_format_ok(text, require_think, ok):
-    assert tasks.format_ok(text, require_think=require_think) is ok
+    assert mirage_tasks.format_ok(text, require_think=require_think) is ok
 
 
 def test_scores():
-    assert tasks.score_planning("<think> a </think>\\boxed{DDRR}", MAP) == 1.0
-    assert tasks.score_planning("\\boxed{RR}", MAP) == 0.0
-    assert tasks.score_planning("DDRR", MAP) == 0.0  # not boxed: invalid
-    assert tasks.score_choice("\\boxed{(B)}", "B") == 1.0
-    assert tasks.score_choice("\\boxed{C}", "B") == 0.0
-    assert tasks.score_format("\\boxed{C}", require_think=False) == 1.0
+    assert mirage_tasks.score_planning("<think> a </think>\\boxed{DDRR}", MAP) == 1.0
+    assert mirage_tasks.score_planning("\\boxed{RR}", MAP) == 0.0
+    assert mirage_tasks.score_planning("DDRR", MAP) == 0.0  # not boxed: invalid
+    assert mirage_tasks.score_choice("\\boxed{(B)}", "B") == 1.0
+    assert mirage_tasks.score_choice("\\boxed{C}", "B") == 0.0
+    assert mirage_tasks.score_format("\\boxed{C}", require_think=False) == 1.0
 
 
 def test_bfs_answer_succeeds_on_every_official_map():
-    maps = tasks.official_test_maps()
+    maps = mirage_tasks.official_test_maps()
     assert len(maps) == 400
-    assert all(tasks.score_planning(f"\\boxed{{{tasks.solve_map(m)}}}", m) == 1.0 for m in maps)
+    assert all(mirage_tasks.score_planning(f"\\boxed{{{mirage_tasks.solve_map(m)}}}", m) == 1.0 for m in maps)
 
 
 def test_bfs_answer_succeeds_on_generated_maps_of_every_level():
@@ -124,12 +124,12 @@ def test_bfs_answer_succeeds_on_generated_maps_of_every_level():
     for side in range(3, 9):
         for _ in range(100):
             map_desc = random_map(rng, side)
-            assert tasks.simulate_plan(map_desc, tasks.solve_map(map_desc)) == "success"
+            assert mirage_tasks.simulate_plan(map_desc, mirage_tasks.solve_map(map_desc)) == "success"
 
 
 def _completion(task, variant, seed=0):
-    row = tasks.make_examples(task, variant, 1, levels=5, seed=seed)[0]
-    return row, tasks.completion_text(row)
+    row = mirage_tasks.make_examples(task, variant, 1, levels=5, seed=seed)[0]
+    return row, mirage_tasks.completion_text(row)
 
 
 def test_planning_reasoning_check_catches_each_kind_of_mistake():
@@ -166,20 +166,20 @@ def test_jigsaw_reasoning_check_catches_a_wrong_pick():
 
 
 def test_row_errors_flags_placeholder_mismatch_and_wrong_answers():
-    row = tasks.make_examples("vsp_planning", "mirage-direct", 1, seed=1)[0]
+    row = mirage_tasks.make_examples("vsp_planning", "mirage-direct", 1, seed=1)[0]
     assert row_errors(row) == []
     assert any("placeholders" in e for e in row_errors({**row, "helper_images": []}))
     assert any("ends in" in e for e in row_errors(row, "<output_image>The answer is \\boxed{U}."))
 
 
 def test_evaluate_predictions_summarises_by_level_and_task():
-    rows = tasks.make_examples("vsp_planning", "direct", 4, levels="3-4") + tasks.make_examples(
+    rows = mirage_tasks.make_examples("vsp_planning", "direct", 4, levels="3-4") + mirage_tasks.make_examples(
         "vsp_reasoning", "direct", 3, levels=3
     )
-    preds = [tasks.completion_text(r) for r in rows]
+    preds = [mirage_tasks.completion_text(r) for r in rows]
     preds[0] = "no answer"
     preds[4] = "\\boxed{" + ("B" if rows[4]["answer"] != "B" else "C") + "}"
-    summary = tasks.evaluate_predictions(rows, preds)
+    summary = mirage_tasks.evaluate_predictions(rows, preds)
     assert summary["n"] == 7
     assert summary["success_rate"] == pytest.approx(5 / 7)
     assert summary["invalid_rate"] == pytest.approx(1 / 7)

@@ -21,9 +21,9 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-import tasks
-from trainers import tiny_base
-from trainers.tiny_base import QWEN_SPECIAL_TOKENS, build_tiny_base, tiny_base_path
+import mirage_tasks
+from mirage_tiny import QWEN_SPECIAL_TOKENS, build_tiny_base, tiny_base_path
+from mirage_tiny import base as tiny_base
 
 REPO = Path(__file__).resolve().parents[1]
 LATENT_TOKENS = ("<|latent_pad|>", "<|latent_start|>", "<|latent_end|>")
@@ -53,7 +53,7 @@ def _image_message(text: str, size: int = 512) -> list[dict]:
 
 def _planning_prompt() -> str:
     """The VSP spatial-planning prompt as the task suite writes it (the longest text a planning sample carries)."""
-    return next(text for text in tasks.vocabulary_corpus() if "devise an action plan" in text)
+    return next(text for text in mirage_tasks.vocabulary_corpus() if "devise an action plan" in text)
 
 
 def test_loads_with_stock_classes_and_no_missing_or_unexpected_weights(base: str) -> None:
@@ -247,7 +247,7 @@ def test_greedy_generation_runs_and_stops_at_either_end_token(model, processor) 
 
 def test_task_texts_round_trip_and_stay_short(processor) -> None:
     tokenizer = processor.tokenizer
-    for text in [*tasks.vocabulary_corpus(), "Ünïcødé 🙂 never seen\r\n\ttabs"]:
+    for text in [*mirage_tasks.vocabulary_corpus(), "Ünïcødé 🙂 never seen\r\n\ttabs"]:
         assert tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids) == text
     prompt = _planning_prompt()
     # The task vocabulary is learned: a ~200-word prompt costs about one token per word, not one per byte.

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import tasks
+import mirage_tasks
 from modeling_mirage import MirageProcessor
 from trainers import MirageDataCollator, MirageSFTConfig, MirageSFTTrainer
 from trainers.collator import ROW_INDEX_COLUMN
@@ -23,7 +23,7 @@ def processor(tiny_mirage_dir: str) -> MirageProcessor:
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
     """Four mirage-direct planning rows (levels 3-4), images decoded."""
-    dataset = tasks.build_dataset("vsp_planning", "mirage-direct", 4, levels="3-4", seed=11)
+    dataset = mirage_tasks.build_dataset("vsp_planning", "mirage-direct", 4, levels="3-4", seed=11)
     return [dataset[i] for i in range(len(dataset))]
 
 
@@ -56,7 +56,7 @@ def test_labels_cover_assistant_tokens_only(processor, rows) -> None:
         assert ids[length - 1] == im_end and labels[length - 1] == im_end
         # The text after the block decodes to the row's answer line.
         answer = processor.tokenizer.decode(ids[start_col + 2 + k : length - 1])
-        assert answer == tasks.completion_text(rows[r]).replace(tasks.LATENT_PLACEHOLDER, "")
+        assert answer == mirage_tasks.completion_text(rows[r]).replace(mirage_tasks.LATENT_PLACEHOLDER, "")
     assert (batch["input_ids"] == im_start).sum() == 3 * len(rows)  # system, user, assistant per row
 
 
@@ -173,11 +173,11 @@ def test_trainer_checks_every_row_before_training(tiny_mirage_dir, tmp_path, row
     """A bad row deep in the dataset fails at trainer construction, named by its dataset index."""
     bad = [dict(row) for row in rows] * 3
     bad[9] = _bad(bad[9], helper_images=[])
-    dataset = tasks.rows_to_dataset(bad)
+    dataset = mirage_tasks.rows_to_dataset(bad)
     args = MirageSFTConfig(str(tmp_path), use_cpu=True, report_to="none", latent_stage=1)
     with pytest.raises(ValueError, match=r"train dataset: row 9 \(id '.*'\): field 'helper_images' is missing"):
         MirageSFTTrainer(model=tiny_mirage_dir, args=args, train_dataset=dataset)
-    direct = tasks.build_dataset("vsp_planning", "direct", 4, levels=3, seed=0)
+    direct = mirage_tasks.build_dataset("vsp_planning", "direct", 4, levels=3, seed=0)
     with pytest.raises(ValueError, match="stage 1 needs rows whose completion has latent blocks"):
         MirageSFTTrainer(model=tiny_mirage_dir, args=args, train_dataset=direct)
 
@@ -187,7 +187,7 @@ def test_unreadable_image_in_dataset_is_reported_by_the_collator(tiny_mirage_dir
     failing inside the data loader."""
     broken = [dict(row) for row in rows]
     broken[3]["images"] = [{"bytes": b"\x89PNG broken", "path": None}]
-    dataset = tasks.rows_to_dataset(broken)
+    dataset = mirage_tasks.rows_to_dataset(broken)
     args = MirageSFTConfig(str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=4)
     trainer = MirageSFTTrainer(model=tiny_mirage_dir, args=args, train_dataset=dataset)
     with pytest.raises(ValueError, match=r"row 3 \(id '.*'\): field 'images'\[0\] cannot be read"):

@@ -12,7 +12,7 @@ from transformers import AutoModel, Trainer
 from trl import SFTTrainer
 from trl.trainer.utils import add_fused_lm_head
 
-import tasks
+import mirage_tasks
 from trainers import MirageSFTTrainer, language_model_lora_config, save_for_hub
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def dataset():
-    return tasks.build_dataset("vsp_planning", "mirage-direct", 16, levels=3, seed=0)
+    return mirage_tasks.build_dataset("vsp_planning", "mirage-direct", 16, levels=3, seed=0)
 
 
 def test_lora_trains_only_language_model_adapters_and_merges(tiny_mirage_dir, dataset, tmp_path, monkeypatch):

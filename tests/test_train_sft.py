@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from train_helpers import fast_args, load
 
-import tasks
+import mirage_tasks
 from trainers import MirageSFTTrainer
 from trainers.model_setup import REMOTE_CODE_FILES
 from trainers.sft_trainer import mean_pairwise_cosine
@@ -25,13 +25,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def dataset():
     """16 mirage-direct planning rows on 3x3 maps (about 310 tokens each)."""
-    return tasks.build_dataset("vsp_planning", "mirage-direct", 16, levels=3, seed=0)
+    return mirage_tasks.build_dataset("vsp_planning", "mirage-direct", 16, levels=3, seed=0)
 
 
 @pytest.fixture(scope="module")
 def mixed_rows():
     """Rows of two map sizes, so prompts (and latent blocks) sit at different columns."""
-    data = tasks.build_dataset("vsp_planning", "mirage-direct", 4, levels="3-4", seed=5)
+    data = mirage_tasks.build_dataset("vsp_planning", "mirage-direct", 4, levels="3-4", seed=5)
     return [data[i] for i in range(len(data))]
 
 
@@ -98,7 +98,7 @@ def _hand_chunk_means(model, pixel_values, grid_thw, k: int) -> torch.Tensor:
 def test_stage1_targets_are_chunk_means_of_the_helper_image(tiny_mirage_dir, mixed_rows, tmp_path):
     model, processor = load(tiny_mirage_dir)
     trainer = MirageSFTTrainer(
-        model=model, args=fast_args(tmp_path, latent_stage=1), train_dataset=tasks.rows_to_dataset(mixed_rows)
+        model=model, args=fast_args(tmp_path, latent_stage=1), train_dataset=mirage_tasks.rows_to_dataset(mixed_rows)
     )
     batch = trainer.data_collator(mixed_rows)
     k = model.config.latent_num_tokens
@@ -164,7 +164,7 @@ def _chain_gradients(model, trainer, batch, replay: bool) -> tuple[torch.Tensor,
 def test_stage2_text_loss_reaches_the_hidden_state_chain(tiny_mirage_dir, mixed_rows, tmp_path):
     model, processor = load(tiny_mirage_dir)
     trainer = MirageSFTTrainer(
-        model=model, args=fast_args(tmp_path, latent_stage=2), train_dataset=tasks.rows_to_dataset(mixed_rows)
+        model=model, args=fast_args(tmp_path, latent_stage=2), train_dataset=mirage_tasks.rows_to_dataset(mixed_rows)
     )
     batch = trainer.data_collator(mixed_rows)
     model.train()
@@ -182,7 +182,7 @@ def test_stage2_text_loss_reaches_the_hidden_state_chain(tiny_mirage_dir, mixed_
 def test_stage2_gradient_checkpointing_is_exact(tiny_mirage_dir, mixed_rows, tmp_path):
     model, processor = load(tiny_mirage_dir)
     trainer = MirageSFTTrainer(
-        model=model, args=fast_args(tmp_path, latent_stage=2), train_dataset=tasks.rows_to_dataset(mixed_rows)
+        model=model, args=fast_args(tmp_path, latent_stage=2), train_dataset=mirage_tasks.rows_to_dataset(mixed_rows)
     )
     batch = trainer.data_collator(mixed_rows)
     model.train()
@@ -210,7 +210,7 @@ def test_aligning_latent_blocks_leaves_the_loss_unchanged(tiny_mirage_dir, mixed
     results = []
     for align in (False, True):
         args = fast_args(tmp_path / str(align), latent_stage=stage, latent_align_blocks=align)
-        trainer = MirageSFTTrainer(model=model, args=args, train_dataset=tasks.rows_to_dataset(mixed_rows))
+        trainer = MirageSFTTrainer(model=model, args=args, train_dataset=mirage_tasks.rows_to_dataset(mixed_rows))
         batch = trainer.data_collator(mixed_rows)
         model.zero_grad()
         loss = trainer.compute_loss(model, dict(batch))

@@ -1,12 +1,9 @@
 """Mirage trainers: stage 1 and stage 2 (`MirageSFTTrainer`), their config, collator and model set-up.
 
-The TRL-based names load on first use, so `from trainers import tiny_base_path` stays cheap (no trl/peft import).
+The TRL-based names load on first use, so importing the package is cheap (no trl/peft import).
 """
 
 import importlib
-
-from .tiny_base import build_tiny_base as build_tiny_base
-from .tiny_base import tiny_base_path as tiny_base_path
 
 _LAZY = {
     "MirageDataCollator": "collator",
@@ -27,4 +24,4 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["build_tiny_base", "tiny_base_path", *_LAZY]
+__all__ = list(_LAZY)

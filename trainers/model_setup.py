@@ -29,8 +29,6 @@ from transformers.core_model_loading import WeightRenaming, rename_source_key
 
 from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
 
-from .tiny_base import tiny_base_path
-
 TINY_BASE = "tiny"
 """Model name that means the embedded tiny Qwen2.5-VL base (built offline on first use)."""
 
@@ -48,6 +46,8 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = 
     """
     if name_or_path != TINY_BASE:
         return str(name_or_path)
+    from mirage_tiny import tiny_base_path  # a repository fixture, imported only when asked for
+
     state = PartialState()
     if state.num_processes == 1:
         return tiny_base_path(cache_dir)

@@ -146,7 +146,7 @@ def completion_text(row: dict[str, Any]) -> str:
 # Generation
 # ---------------------------------------------------------------------------------------------------------
 def to_row(sample: Sample, task: str, variant: str, row_id: str) -> dict[str, Any]:
-    """Lay out a generated :class:`~tasks.sample.Sample` as a canonical row of ``variant``."""
+    """Lay out a generated :class:`~mirage_tasks.sample.Sample` as a canonical row of ``variant``."""
     text = sample.prompt_template.replace("{suffix}", prompt_suffix(variant))
     completion = compose_completion(variant, sample.pre, sample.post, sample.answer)
     helpers = [sample.helper()] if uses_latent(variant) else []
@@ -167,7 +167,7 @@ def to_row(sample: Sample, task: str, variant: str, row_id: str) -> dict[str, An
 
 
 def exclusion_keys(exclude: Iterable[str | Sequence[Sequence[int]]]) -> set[str]:
-    """Problem keys to avoid, from keys (str, see :func:`tasks.vsp.map_key`) and/or ``map_desc`` lists."""
+    """Problem keys to avoid, from keys (str, see :func:`mirage_tasks.vsp.map_key`) and/or ``map_desc`` lists."""
     keys = set()
     for i, item in enumerate(exclude):
         keys.add(item if isinstance(item, str) else map_key(validate_map_desc(item, row=i)))
@@ -194,12 +194,12 @@ def make_examples(
 
     Args:
         task: one of :data:`TASKS`.
-        variant: one of :data:`tasks.VARIANTS`.
+        variant: one of :data:`mirage_tasks.VARIANTS`.
         n: number of rows.
         levels: the levels to draw from (see :func:`parse_levels`).
         seed: random seed (int or str).
         exclude: problems never to produce: keys or ``map_desc`` lists (e.g. official test maps, another split).
-        helper_step: reasoning only, ``"decisive"`` or ``"random"`` (see :mod:`tasks.vsp_reasoning`).
+        helper_step: reasoning only, ``"decisive"`` or ``"random"`` (see :mod:`mirage_tasks.vsp_reasoning`).
         progress: show a tqdm progress bar.
         max_tries: how many redraws a single row may take to find an unseen problem before giving up.
 

@@ -3,7 +3,7 @@
 Load it by path (no Hub access needed)::
 
     import evaluate, tasks
-    metric = evaluate.load(tasks.MULTIPLE_CHOICE_METRIC)
+    metric = evaluate.load(mirage_tasks.MULTIPLE_CHOICE_METRIC)
     metric.compute(predictions=["<think> ... </think>The answer is \\\\boxed{B}."], references=["B"], levels=[4])
 """
 
@@ -14,7 +14,7 @@ from collections import defaultdict
 import datasets
 import evaluate
 
-from tasks.verifiers import extract_choice
+from mirage_tasks.verifiers import extract_choice
 
 _DESCRIPTION = """Accuracy of option letters answered in \\boxed{} (A, (A) and "A. Action Success" all read as A).
 A prediction without a readable letter in \\boxed{} counts as invalid (and wrong)."""

@@ -10,7 +10,7 @@ takes the real 7B checkpoint unchanged.
 
 Typical use::
 
-    from trainers.tiny_base import tiny_base_path
+    from mirage_tiny import tiny_base_path
     base = tiny_base_path()  # built once per process, a few seconds
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base)
     processor = AutoProcessor.from_pretrained(base)
@@ -174,7 +174,7 @@ def build_tiny_tokenizer(
     """Build the tiny base's tokenizer: a byte-level BPE over the bundled tasks' texts plus Qwen's added tokens.
 
     Args:
-        corpus: texts to learn merges from; defaults to `tasks.vocabulary_corpus()`.
+        corpus: texts to learn merges from; defaults to `mirage_tasks.vocabulary_corpus()`.
         vocab_size: upper bound on regular (non-added) tokens, the 256 byte symbols included. A small corpus
             may stop short of it: merges seen only once are not learned, and none cross a word boundary.
         model_max_length: the length past which the tokenizer warns; the model's position range.
@@ -184,9 +184,9 @@ def build_tiny_tokenizer(
         Qwen2.5-VL chat template -- the same conventions as the stock Qwen2.5-VL tokenizer.
     """
     if corpus is None:
-        import tasks  # deferred: the task suite is only needed when no corpus is given
+        import mirage_tasks  # deferred: the task suite is only needed when no corpus is given
 
-        corpus = tasks.vocabulary_corpus()
+        corpus = mirage_tasks.vocabulary_corpus()
     texts = [*corpus, *_SCAFFOLD_TEXTS]
     vocab, merges = _byte_level_bpe(texts, vocab_size)
 
@@ -338,7 +338,7 @@ def build_tiny_base(
     Args:
         output_dir: destination folder. Must be missing or empty unless `overwrite`.
         seed: seed of the weight initialisation.
-        corpus: texts for the tokenizer's merges; defaults to `tasks.vocabulary_corpus()`.
+        corpus: texts for the tokenizer's merges; defaults to `mirage_tasks.vocabulary_corpus()`.
         vocab_size: upper bound on the BPE vocabulary (the Qwen added tokens come on top).
         hidden_size, num_layers, num_attention_heads, num_key_value_heads, intermediate_size,
             max_position_embeddings: the language model's sizes.
@@ -428,12 +428,12 @@ _BUILT: dict[tuple[str | None, int], str] = {}
 
 def _fingerprint(seed: int) -> str:
     """A short hash of everything the default build depends on, naming cache entries so stale ones are skipped."""
-    import tasks
+    import mirage_tasks
 
     payload = json.dumps(
         {
             "seed": seed,
-            "corpus": list(tasks.vocabulary_corpus()),
+            "corpus": list(mirage_tasks.vocabulary_corpus()),
             "builder": Path(__file__).read_text(encoding="utf-8"),
             "versions": [transformers.__version__, tokenizers.__version__, torch.__version__],
         }

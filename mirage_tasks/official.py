@@ -260,7 +260,7 @@ def read_official_rows(
 def read_official_jsonl(
     path: str | os.PathLike, image_root: str | os.PathLike | None = None, **kwargs: Any
 ) -> datasets.Dataset:
-    """Read an official JSONL file as a canonical ``datasets.Dataset`` (schema :data:`tasks.dataset.FEATURES`).
+    """Read an official JSONL file as a canonical ``datasets.Dataset`` (schema :data:`mirage_tasks.dataset.FEATURES`).
 
     Args:
         path: the ``.jsonl`` file.

@@ -3,7 +3,7 @@
 Load it by path (no Hub access needed)::
 
     import evaluate, tasks
-    metric = evaluate.load(tasks.VSP_PLANNING_METRIC)
+    metric = evaluate.load(mirage_tasks.VSP_PLANNING_METRIC)
     metric.compute(predictions=["The answer is \\\\boxed{DR}."], references=[[[1, 0], [-1, 2]]], levels=[2])
 """
 
@@ -14,7 +14,7 @@ from collections import defaultdict
 import datasets
 import evaluate
 
-from tasks.verifiers import planning_outcome
+from mirage_tasks.verifiers import planning_outcome
 
 _DESCRIPTION = """Success rate of FrozenLake action plans: the last \\boxed{...} of each prediction is read as moves
 (L/R/U/D or LEFT/RIGHT/UP/DOWN) and played on the reference map (map_desc: 1 start, 2 goal, -1 hole, 0 ice).

@@ -2,7 +2,7 @@
 
 The answer is the breadth-first-search path as letters (``\\boxed{DDR}``); the helper image is the start map with
 that path drawn as red arrows; the templated reasoning names the start and goal, then each move and the cell it
-reaches. A model's plan is scored by simulation (:func:`tasks.vsp.simulate_plan`), so any shortest-or-not plan
+reaches. A model's plan is scored by simulation (:func:`mirage_tasks.vsp.simulate_plan`), so any shortest-or-not plan
 that reaches the goal counts as a success.
 """
 

@@ -87,7 +87,7 @@ def format_ok(text: str | None, require_think: bool) -> bool:
 
 
 def planning_outcome(text: str | None, map_desc: MapDesc) -> Outcome:
-    """The outcome of the plan answered in ``text`` (see :func:`tasks.vsp.simulate_plan`); ``invalid`` if none."""
+    """The outcome of the plan answered in ``text`` (see :func:`mirage_tasks.vsp.simulate_plan`); ``invalid`` if none."""
     return simulate_plan(map_desc, extract_boxed(text))
 
 

@@ -2,7 +2,7 @@
 
 Prompts for the two VSP tasks are the official ``text_input`` strings word for word (typos included, so a
 model trained here sees exactly what the official test set asks). Reasoning is templated, one short clause
-per move, so that it is cheap to learn on a CPU and can be checked mechanically by :mod:`tasks.verifiers`.
+per move, so that it is cheap to learn on a CPU and can be checked mechanically by :mod:`mirage_tasks.verifiers`.
 
 All coordinates are ``(row,col)``, 0-based from the top-left corner, as in the official reasoning samples.
 """
@@ -91,7 +91,7 @@ REASONING_END_CLAUSES = {
     "C": "Safe, not at the goal.",
 }
 REASONING_OPTIONS = {"success": "A", "hole": "B", "not_at_goal": "C"}
-"""Maps a :func:`tasks.vsp.simulate_plan` outcome to the multiple-choice letter of the reasoning task."""
+"""Maps a :func:`mirage_tasks.vsp.simulate_plan` outcome to the multiple-choice letter of the reasoning task."""
 
 JIGSAW_COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink")
 JIGSAW_SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "bar", "star")
