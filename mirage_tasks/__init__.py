@@ -3,7 +3,7 @@
 Generators produce problems in the official style (FrozenLake maps rendered pixel-exactly as gymnasium 0.29.1
 draws them), laid out in each of the paper's four training variants as TRL conversational rows; readers and writers
 handle the official JSONL format; verifiers score answers by simulation; ``evaluate`` metrics live in
-:data:`METRICS_DIR`. See ``docs/mirage_tasks.md``.
+:data:`METRICS_DIR`. See ``docs/tasks.md``.
 """
 
 from pathlib import Path
