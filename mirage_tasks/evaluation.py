@@ -100,7 +100,12 @@ def load_rows(data: str | os.PathLike, *, limit: int | None = None, variant: str
             )
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
-    rows = [dataset[i] for i in range(len(dataset))]
+    return check_rows([dataset[i] for i in range(len(dataset))])
+
+
+def check_rows(rows: Sequence[dict]) -> list[dict]:
+    """``rows`` as a list, after checking that each has a known task and an input image (before any generation)."""
+    rows = list(rows)
     for position, row in enumerate(rows):
         if row.get("task") not in TASKS:
             raise UnknownNameError(
@@ -173,6 +178,7 @@ def generate_completions(
     seed: int = 0,
     source_for: Callable[[list[int]], LatentSource | None] | None = None,
     desc: str | None = None,
+    generation_kwargs: dict[str, Any] | None = None,
 ) -> Completions:
     """Generate a completion for every row, batched and left-padded.
 
@@ -180,6 +186,7 @@ def generate_completions(
         source_for: given the row indices of a batch, the latent source to feed that batch (None: the model's own
             hidden states). Only for Mirage models.
         seed: seeds torch before every batch, so a run is reproducible for a given batch size.
+        generation_kwargs: more arguments for `generate` (e.g. `logits_processor`, `repetition_penalty`).
     """
     tokenizer = processor.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
@@ -199,7 +206,7 @@ def generate_completions(
             ]
             images = [image for i in indices for image in rows[i]["images"]]
             inputs = processor(text=prompts, images=images, padding=True, return_tensors="pt").to(device)
-            kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample)
+            kwargs: dict[str, Any] = dict(generation_kwargs or {}, max_new_tokens=max_new_tokens, do_sample=do_sample)
             if do_sample:
                 kwargs.update(temperature=temperature, top_p=top_p)
             if mirage:
@@ -525,6 +532,9 @@ class EvaluationConfig:
         default=INTERVENTIONS, metadata={"help": "Latent interventions to run (Mirage models only)."}
     )
     diagnostics: bool = field(default=True, metadata={"help": "Latent norms, similarities and retrieval."})
+    generation_kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "More `generate` arguments (not saved in results.json)."}
+    )
 
     def __post_init__(self):
         unknown = [name for name in self.interventions if name not in INTERVENTIONS]
@@ -557,7 +567,7 @@ def evaluate(model, processor, rows: Sequence[dict], config: EvaluationConfig | 
     Returns an :class:`Evaluation`; write it with :func:`write_outputs`.
     """
     config = config or EvaluationConfig()
-    rows = list(rows)
+    rows = check_rows(rows)
     mirage = is_mirage(model)
     do_sample = config.num_samples > 1
     common = dict(
@@ -566,6 +576,7 @@ def evaluate(model, processor, rows: Sequence[dict], config: EvaluationConfig | 
         do_sample=do_sample,
         temperature=config.temperature,
         top_p=config.top_p,
+        generation_kwargs=config.generation_kwargs,
     )
 
     def run(name: str, source_for=None) -> list[Completions]:
@@ -606,7 +617,8 @@ def evaluate(model, processor, rows: Sequence[dict], config: EvaluationConfig | 
             "tasks": sorted({row["task"] for row in rows}),
             "levels": sorted({int(row["level"]) for row in rows}),
         },
-        "generation": asdict(config) | {"do_sample": do_sample, "interventions": interventions},
+        "generation": {key: value for key, value in asdict(config).items() if key != "generation_kwargs"}
+        | {"do_sample": do_sample, "interventions": interventions},
         "baselines": {"best_constant_answer": best_constant_answer(rows)},
         "runs": runs,
     }

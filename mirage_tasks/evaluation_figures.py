@@ -34,8 +34,8 @@ def success_by_level(results: dict[str, Any], path: Path) -> str:
     for index, (name, run) in enumerate(runs.items()):
         stats = [run["per_level"][level] for level in levels] + [run]
         rates = np.array([s["success_rate"] for s in stats]) * 100
-        low = rates - np.array([s["ci95"][0] for s in stats]) * 100
-        high = np.array([s["ci95"][1] for s in stats]) * 100 - rates
+        low = np.clip(rates - np.array([s["ci95"][0] for s in stats]) * 100, 0, None)  # rounding at 0 % / 100 %
+        high = np.clip(np.array([s["ci95"][1] for s in stats]) * 100 - rates, 0, None)
         x = np.arange(len(groups)) + (index - (len(runs) - 1) / 2) * width
         ax.bar(x, rates, width, yerr=[low, high], capsize=2, label=name)
     baseline = results["baselines"]["best_constant_answer"]
