@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import mirage_tasks
+from mirage_tasks import TaskDataError
 from mirage_tasks.official import (
     OFFICIAL_ENV,
     PLANNING_TEST,
@@ -20,6 +21,8 @@ from mirage_tasks.official import (
 from mirage_tasks.vsp import (
     draw_path,
     map_from_image,
+    map_from_key,
+    map_key,
     parse_moves,
     random_map,
     render_array,
@@ -164,3 +167,14 @@ def test_planning_helper_draws_red_arrows_only_on_the_path():
     path_cells = {(0, 0)} | {s.cell for s in trace_plan(grid, moves)}
     touched = {(int(y) // 64, int(x) // 64) for y, x in changed}
     assert touched <= path_cells and len(touched) == len(path_cells)
+
+
+def test_map_key_round_trips_and_bad_keys_name_the_letter():
+    rng = random.Random(5)
+    for side in range(3, 9):
+        map_desc = random_map(rng, side)
+        assert map_from_key(map_key(map_desc)) == map_desc
+    with pytest.raises(TaskDataError, match="row 7 field 'map': unknown map letters X in 'SFX/FFG'"):
+        map_from_key("SFX/FFG", row=7)
+    with pytest.raises(TaskDataError, match="field 'map': expected exactly one goal"):
+        map_from_key("SFF/FFF")
