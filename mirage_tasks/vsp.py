@@ -412,7 +412,7 @@ def _tile_codes(cell_w: int, cell_h: int) -> dict[bytes, frozenset[int]]:
     Two pictures are ambiguous: the elf facing down or up hides the start's stool completely, so "player on the
     start" and "player on ice" are the same pixels; :func:`map_from_image` settles those by counting starts.
     """
-    codes = {"ice": ICE, "hole": HOLE, "goal": GOAL, "start": START, "cracked": HOLE}
+    codes = {kind: code for code, kind in _CODE_TO_KIND.items()} | {"cracked": HOLE}
     table: dict[bytes, set[int]] = {}
     for name, tile in _tiles(cell_w, cell_h).items():
         table.setdefault(tile.tobytes(), set()).add(codes[name.split("@")[0]])
