@@ -94,7 +94,7 @@ def test_resumed_run_ends_with_the_same_weights(tiny_mirage_dir, dataset, tmp_pa
 
 
 # Methods the trainer adds (not overrides): none of them may shadow something of the TRL/transformers parent.
-OWN_METHODS = {"_backbone", "_capture_output", "_check_latent_settings", "_prepare_rows", "_stage1_latent_loss"}
+OWN_METHODS = {"_backbone", "_capture_outputs", "_check_latent_settings", "_prepare_rows", "_stage1_latent_loss"}
 
 
 def test_overrides_still_exist_on_the_parent_class():
@@ -115,5 +115,11 @@ def test_overrides_still_exist_on_the_parent_class():
     assert hasattr(Trainer, "loss_is_scaled_for_ga") and "current_gradient_accumulation_steps" in inspect.getsource(
         Trainer
     )
+    # compute_loss adds to TRL's loss: it relies on TRL leaving the accumulation scaling to Trainer, on the fused
+    # forward being TRL's first model call (where the hooks read the outputs), and on TRL's metric names.
+    assert SFTTrainer.loss_is_scaled_for_ga is None and "loss_is_scaled_for_ga" not in vars(MirageSFTTrainer)
+    source = inspect.getsource(SFTTrainer.compute_loss)
+    assert "outputs = model(**inputs, fused_lm_head=True)" in source
+    assert all(f'"{name}"' in source for name in ("entropy", "mean_token_accuracy", "num_tokens"))
     # The fused LM head TRL installs must still call the backbone as `base_model`, where the hook listens.
     assert 'backbone_attr = "base_model"' in inspect.getsource(add_fused_lm_head)
