@@ -65,7 +65,7 @@ def test_lora_stage2_with_gradient_checkpointing(tiny_mirage_dir, dataset, tmp_p
     model, processor = load(tiny_mirage_dir)
     trainer = MirageSFTTrainer(
         model=model,
-        args=fast_args(tmp_path, latent_stage=2, max_steps=2, gradient_checkpointing=True),
+        args=fast_args(tmp_path, latent_stage=2, max_steps=2, activation_checkpointing=True),
         train_dataset=dataset,
         processing_class=processor,
         peft_config=language_model_lora_config(r=4, lora_alpha=8, lora_dropout=0.0),

@@ -175,7 +175,7 @@ class MirageSFTTrainer(SFTTrainer):
             if (args.gradient_checkpointing_kwargs or {}).get("use_reentrant"):
                 raise ValueError(
                     "stage 2 needs non-reentrant gradient checkpointing (the latent chain's gradient would be lost): "
-                    "set gradient_checkpointing_kwargs={'use_reentrant': False}, or gradient_checkpointing=False"
+                    "set activation_checkpointing_kwargs={'use_reentrant': False}, or activation_checkpointing=False"
                 )
 
     # ---- set-up -----------------------------------------------------------------------------------------------------
