@@ -224,7 +224,10 @@ def test_aligning_latent_blocks_leaves_the_loss_unchanged(tiny_mirage_dir, mixed
 
 def test_stage2_refuses_reentrant_checkpointing(tiny_mirage_dir, dataset, tmp_path):
     args = fast_args(
-        tmp_path, latent_stage=2, activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": True}
+        tmp_path,
+        latent_stage=2,
+        activation_checkpointing=True,
+        activation_checkpointing_kwargs={"use_reentrant": True},
     )
     with pytest.raises(ValueError, match="non-reentrant"):
         MirageSFTTrainer(model=tiny_mirage_dir, args=args, train_dataset=dataset)

@@ -4,15 +4,35 @@ and what to do; and the warnings a plain run used to print, gone at their cause.
 from __future__ import annotations
 
 import json
+import os
+import runpy
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 from train_helpers import fast_args, load
 
 import mirage_tasks
-from trainers import MirageSFTConfig, MirageSFTTrainer
+from trainers import MirageSFTConfig, MirageSFTTrainer, load_model_and_processor
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples" / "sft_mirage.py"
+RECIPES = REPO / "examples" / "recipes"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def script_namespace() -> dict:
+    return runpy.run_path(str(SCRIPT), run_name="sft_mirage")
+
+
+def parse(namespace: dict, args: list[str]):
+    """The script's three argument dataclasses, parsed from a command line as the script does."""
+    from trl import ModelConfig, TrlParser
+
+    parser = TrlParser((namespace["MirageScriptArguments"], MirageSFTConfig, ModelConfig))
+    return parser.parse_args_and_config(args=args, fail_with_unknown_args=True)
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +67,72 @@ def test_the_old_checkpointing_names_still_work(tmp_path):
         )
     assert args.activation_checkpointing is False
     assert args.activation_checkpointing_kwargs == {"use_reentrant": False}
+
+
+# ---- model_name_or_path --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["./no/such/dir", "no/such/dir", "outputs/tiny-stage1", "{tmp}/gone", "~/no-such-x"])
+def test_a_missing_model_folder_is_named_at_once_without_the_hub(name, tmp_path, monkeypatch):
+    """Path-looking names that are no folder: no Hub lookup (no 'Repo id must be in the form' error, no wait for the
+    network), but the folder named and what is accepted. `outputs/tiny-stage1` is the tiny stage-2 recipe's model
+    when stage 1 has not run: it counts as a path because `outputs/` exists."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    name = name.format(tmp=tmp_path)
+    started = time.monotonic()
+    with pytest.raises(FileNotFoundError) as error:
+        load_model_and_processor(name)
+    assert time.monotonic() - started < 5
+    message = str(error.value)
+    assert f"model folder {os.path.expanduser(name)} does not exist" in message, message
+    assert "a Hub id" in message and "'tiny'" in message
+
+
+def test_a_hub_id_that_cannot_be_read_says_it_is_no_local_folder(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once at import, so patched here
+    with pytest.raises(OSError, match=r"'someone/no-such-model' is no local folder, and as a Hub id it could not"):
+        load_model_and_processor("someone/no-such-model")
+
+
+def test_a_folder_without_config_json_says_what_it_holds(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"empty has no config.json, so it is not a saved model \(found: "):
+        load_model_and_processor(str(empty))
+
+    run = tmp_path / "run"
+    for step in (2, 10):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as error:
+        load_model_and_processor(str(run))
+    assert "checkpoints ['checkpoint-2', 'checkpoint-10']: pass one of them, e.g." in str(error.value)
+    assert str(error.value).endswith(str(run / "checkpoint-10"))
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/tmp/gone"}))
+    with pytest.raises(ValueError, match=r"holds a LoRA adapter \(adapter_config.json, base '/tmp/gone'\)"):
+        load_model_and_processor(str(adapter))
+
+
+def test_a_folder_of_another_model_type_is_named(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(ValueError) as error:
+        load_model_and_processor(str(tmp_path))
+    message = str(error.value)
+    assert f"{tmp_path} is a 'llama' checkpoint" in message and "['LlamaForCausalLM']" in message
+    assert "model_type 'qwen2_5_vl'" in message and "model_type 'mirage'" in message
+
+
+def test_the_trainer_and_the_script_report_a_missing_folder(dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="model folder ./no/such/dir does not exist"):
+        MirageSFTTrainer(model="./no/such/dir", args=fast_args(tmp_path), train_dataset=dataset)
+    namespace = script_namespace()
+    args = ["--config", str(RECIPES / "tiny" / "stage2.yaml"), "--model_name_or_path", "./no/such/dir"]
+    with pytest.raises(FileNotFoundError, match="model folder ./no/such/dir does not exist"):
+        namespace["main"](*parse(namespace, args + ["--output_dir", str(tmp_path)]))
