@@ -27,11 +27,13 @@ import contextlib
 import copy
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 from peft import PeftModel
 from trl import SFTTrainer
 
@@ -40,9 +42,28 @@ from modeling_mirage.processing_mirage import check_latent_token_ids
 
 from .collator import ROW_INDEX_COLUMN, MirageDataCollator, check_example
 from .config import MirageSFTConfig
-from .model_setup import freeze_vision_tower, is_mirage, load_checkpoint_weights, load_model_and_processor
+from .model_setup import (
+    checkpoint_model_type,
+    freeze_vision_tower,
+    is_mirage,
+    load_checkpoint_weights,
+    load_model_and_processor,
+)
 
 IMAGE_COLUMNS = ("images", "helper_images", "image")
+ADAPTER_BASE_DIR = "mirage-base"
+"""Sub-folder of `output_dir` that holds the converted Mirage base a LoRA run's adapters refer to (see
+`MirageSFTTrainer._record_adapter_base`)."""
+
+
+def _is_mirage_checkpoint(name_or_path: str | None) -> bool:
+    """Whether `name_or_path` is a Mirage checkpoint (local folder, or Hub id whose config is readable)."""
+    if not name_or_path:
+        return False
+    try:
+        return checkpoint_model_type(name_or_path) == "mirage"
+    except (OSError, ValueError):
+        return False
 
 
 def _undecoded(feature):
@@ -143,6 +164,8 @@ class MirageSFTTrainer(SFTTrainer):
             processing_class.tokenizer.pad_token = processing_class.tokenizer.eos_token
         if args.latent_freeze_vision:
             freeze_vision_tower(model)
+        if peft_config is not None and not isinstance(model, PeftModel):
+            self._record_adapter_base(model, processing_class, args.output_dir)
 
         train_dataset = self._prepare_rows(train_dataset, "train", args.latent_stage)
         if isinstance(eval_dataset, dict):
@@ -195,6 +218,26 @@ class MirageSFTTrainer(SFTTrainer):
                 f"the processor's latent token ids {ids} differ from the model's {tuple(config.latent_token_ids)} "
                 "(pad, start, end); load both from the same checkpoint"
             )
+
+    @staticmethod
+    def _record_adapter_base(model, processor, output_dir: str) -> None:
+        """Make the adapters' `base_model_name_or_path` a Mirage checkpoint that outlives the run.
+
+        PEFT records the model's `name_or_path`. For a model converted on load (a Qwen2.5-VL base, or `tiny`, built in
+        a temporary folder removed at exit) that is no Mirage checkpoint, so no adapter checkpoint could be loaded on
+        its own. The converted base (LoRA leaves its weights untouched) is then saved once to
+        `<output_dir>/mirage-base`, with its processor and remote code, and recorded instead; every adapter checkpoint
+        then loads with `PeftModel.from_pretrained(AutoModel.from_pretrained(base, trust_remote_code=True), folder)`.
+        """
+        if _is_mirage_checkpoint(model.config._name_or_path):
+            return
+        folder = str(Path(output_dir, ADAPTER_BASE_DIR).resolve())
+        state = PartialState()
+        if state.is_main_process:
+            model.save_pretrained(folder)
+            processor.save_pretrained(folder)
+        state.wait_for_everyone()
+        model.config._name_or_path = model.name_or_path = folder
 
     @staticmethod
     def _prepare_rows(dataset, split: str, stage: int):
