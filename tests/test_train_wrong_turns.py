@@ -136,3 +136,95 @@ def test_the_trainer_and_the_script_report_a_missing_folder(dataset, tmp_path):
     args = ["--config", str(RECIPES / "tiny" / "stage2.yaml"), "--model_name_or_path", "./no/such/dir"]
     with pytest.raises(FileNotFoundError, match="model folder ./no/such/dir does not exist"):
         namespace["main"](*parse(namespace, args + ["--output_dir", str(tmp_path)]))
+
+
+# ---- examples/sft_mirage.py: evaluation split, resuming ------------------------------------------------------------
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """The trainers the script builds, kept for inspection (the script imports the class when it runs)."""
+    import trainers.sft_trainer
+
+    built = []
+
+    class Recording(trainers.sft_trainer.MirageSFTTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+        def train(self, resume_from_checkpoint=None, **kwargs):
+            self.resumed_from, self.steps_run = resume_from_checkpoint, 0
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+        def training_step(self, *args, **kwargs):
+            self.steps_run += 1
+            return super().training_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainers.sft_trainer, "MirageSFTTrainer", Recording)
+    return built
+
+
+def tiny_run(output_dir, *extra: str) -> list[str]:
+    """A one-process, few-second stage-1 run of the tiny recipe."""
+    return [
+        "--config", str(RECIPES / "tiny" / "stage1.yaml"), "--use_cpu", "true", "--max_steps", "1",
+        "--num_train_examples", "8", "--levels", "3", "--per_device_train_batch_size", "2", "--logging_steps", "1",
+        "--disable_tqdm", "true", "--output_dir", str(output_dir), *extra,
+    ]  # fmt: skip
+
+
+def test_evaluation_uses_the_datasets_test_split(tmp_path, recorded):
+    splits = mirage_tasks.build_splits("vsp_planning", "mirage-direct", 6, 3, levels=3, seed=1)
+    folder = tmp_path / "data"
+    for name, rows in splits.items():
+        rows.to_parquet(str(folder / "data" / f"{name}-00000-of-00001.parquet"))
+    namespace = script_namespace()
+    args = ["--dataset_name", str(folder), "--eval_strategy", "steps", "--eval_steps", "1"]
+    namespace["main"](*parse(namespace, tiny_run(tmp_path / "run", *args)))
+    (trainer,) = recorded
+    assert trainer.eval_dataset["id"] == splits["test"]["id"] and trainer.train_dataset["id"] == splits["train"]["id"]
+    assert any("eval_loss" in entry for entry in trainer.state.log_history)
+
+    with pytest.raises(ValueError, match=r"has no 'validation' split for test \(it has \['test', 'train'\]\)"):
+        namespace["main"](*parse(namespace, tiny_run(tmp_path / "r2", *args, "--dataset_test_split", "validation")))
+
+
+def test_evaluation_on_generated_rows_uses_a_disjoint_generated_test_split():
+    namespace = script_namespace()
+    script_args, _, _ = parse(namespace, ["--num_train_examples", "6", "--num_eval_examples", "3", "--levels", "3"])
+    train, test = namespace["load_datasets"](script_args, evaluate=True)
+    assert len(train) == 6 and len(test) == 3
+    assert not {tuple(map(tuple, m)) for m in train["map_desc"]} & {tuple(map(tuple, m)) for m in test["map_desc"]}
+    train_only, none = namespace["load_datasets"](script_args, evaluate=False)
+    assert none is None and len(train_only) == 6
+
+
+def test_resume_true_names_the_last_checkpoint_or_says_there_is_none(tmp_path):
+    resume = script_namespace()["resume_checkpoint"]
+    assert resume(None, str(tmp_path)) is None and resume("false", str(tmp_path)) is None
+    with pytest.raises(FileNotFoundError, match=rf"no checkpoint-N folder in output_dir {tmp_path} \(found: \[\]\)"):
+        resume("true", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="found: the folder does not exist"):
+        resume("True", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match=r"--resume_from_checkpoint gone: no such folder"):
+        resume("gone", str(tmp_path))
+    for step in (2, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert resume("true", str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert resume(str(tmp_path / "checkpoint-2"), str(tmp_path)) == str(tmp_path / "checkpoint-2")
+
+
+def test_script_resume_true_continues_from_the_last_checkpoint(tmp_path, recorded):
+    namespace = script_namespace()
+    run = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint true: no checkpoint-N folder"):
+        namespace["main"](*parse(namespace, tiny_run(run, "--resume_from_checkpoint", "true")))
+    assert not recorded  # refused before any model was loaded
+    namespace["main"](
+        *parse(namespace, tiny_run(run, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1"))
+    )
+    namespace["main"](*parse(namespace, tiny_run(run, "--max_steps", "3", "--resume_from_checkpoint", "true")))
+    first, resumed = recorded
+    assert resumed.resumed_from == str(run / "checkpoint-2")
+    assert first.steps_run == 2 and resumed.steps_run == 1 and resumed.state.global_step == 3
