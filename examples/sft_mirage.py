@@ -22,6 +22,9 @@ Every field of the YAML recipe can be overridden on the command line (`--max_ste
 come from three dataclasses: `MirageScriptArguments` (data), `trainers.MirageSFTConfig` (stage, latent loss, every
 `trl.SFTConfig`/`TrainingArguments` field) and `trl.ModelConfig` (model, dtype, LoRA).
 
+Evaluation (`--eval_strategy steps`) uses the dataset's `dataset_test_split`, or a generated test split without
+`dataset_name`; `--resume_from_checkpoint true` resumes from the last checkpoint in `output_dir`.
+
 The model is a Mirage checkpoint, a Qwen2.5-VL checkpoint (converted on the fly, k = `latent_num_tokens`), or `tiny`
 (the embedded tiny base). The data is a canonical task dataset (`dataset_name`: a folder written by
 `examples/make_dataset.py` or a Hub id) or, without `dataset_name`, generated on the fly from the task suite, with the
