@@ -209,8 +209,10 @@ class MirageGenerationMixin:
     _latent_trace: "_LatentTrace | None" = None  # set for the duration of one `generate` call
 
     def latent_logits_processor(self) -> LatentModeLogitsProcessor:
-        """The processor `generate` adds to enforce latent blocks (exposed for custom decoding loops)."""
+        """The processor `generate` adds to enforce latent blocks (exposed for custom decoding loops; with rule
+        `"official"` such a loop must also run its `late_stage` after any warpers)."""
         c = self.config
+        c.check_latent_fields()  # the fields may have been set after loading, e.g. `config.latent_end_rule = ...`
         return LatentModeLogitsProcessor(
             c.latent_pad_token_id,
             c.latent_start_token_id,
@@ -225,14 +227,14 @@ class MirageGenerationMixin:
 
         Every row decodes text until it produces `<|latent_start|>`; from then on each step feeds the row's own last
         hidden state and records `<|latent_pad|>`, until `<|latent_end|>` (after `latent_num_tokens` pads, or as the
-        model chooses with `config.latent_end_rule="predicted"` or `"official"`). Rows enter and leave latent mode independently and
-        the KV cache is used throughout. Greedy and sampling decoding, logits processors, stopping criteria,
-        streamers, `num_return_sequences` and `return_dict_in_generate` (scores, logits) all work; with
-        `return_dict_in_generate=True` the output also has `latents`: per row, the `(n_r, hidden)` vectors fed at that
-        row's pad positions, prompt included, which `forward(sequences, latent_embeds=latents)` (with the same
+        model chooses with `config.latent_end_rule="predicted"` or `"official"`). Rows enter and leave latent mode
+        independently and the KV cache is used throughout. Greedy and sampling decoding, logits processors,
+        stopping criteria, streamers, `num_return_sequences` and `return_dict_in_generate` (scores, logits) all work;
+        with `return_dict_in_generate=True` the output also has `latents`: per row, the `(n_r, hidden)` vectors fed at
+        that row's pad positions, prompt included, which `forward(sequences, latent_embeds=latents)` (with the same
         `pixel_values` / `image_grid_thw` and attention mask) replays exactly. Vision tokens get Qwen2.5-VL's 3-D
-        rotary positions whether or not `mm_token_type_ids` is passed, as in `forward`.
-        Beam search, assisted/speculative decoding and prompt lookup are not supported (a `ValueError` says so).
+        rotary positions whether or not `mm_token_type_ids` is passed, as in `forward`. Beam search,
+        assisted/speculative decoding and prompt lookup are not supported (a `ValueError` says so).
         """
         config = generation_config if generation_config is not None else self.generation_config
         for name, unsupported in (
