@@ -298,3 +298,17 @@ def test_from_base_takes_k_from_the_processor_or_the_argument(base_dir):
     alone = MirageForConditionalGeneration.from_base(base_dir, latent_num_tokens=2)
     assert alone.config.latent_num_tokens == 2
     assert MirageForConditionalGeneration.from_base(base_dir).config.latent_num_tokens == 4
+
+
+def test_derived_mm_token_type_ids_equal_what_the_processor_returns(converted):
+    model, processor = converted
+    from PIL import Image
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Plan the moves."}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(
+        text=[text], images=[Image.new("RGB", (112, 84))], return_tensors="pt", return_mm_token_type_ids=True
+    )
+    derived = model.model.mm_token_type_ids(inputs["input_ids"])
+    assert int(derived.sum()) == int((inputs["input_ids"] == model.config.image_token_id).sum()) > 0
+    assert torch.equal(derived.long(), inputs["mm_token_type_ids"].long())
