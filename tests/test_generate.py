@@ -505,3 +505,23 @@ def test_official_rule_replays_exactly_with_images_and_sampling():
     assert sum(pads) > 0 and [len(latent) for latent in out.latents] == pads
     replay = replay_logits(model, out, mask, dict(pixel_values=pixels, image_grid_thw=thw))
     assert (replay - torch.stack(out.logits, dim=1)).abs().max().item() <= 1e-5
+
+
+def test_every_generation_hook_overrides_a_method_of_the_stock_class():
+    from modeling_mirage import MirageForConditionalGeneration
+    from modeling_mirage.generation_mirage import MirageGenerationMixin
+
+    hooks = [name for name, value in vars(MirageGenerationMixin).items() if callable(value) and name != "__init__"]
+    assert {"generate", "_get_logits_processor", "_prepare_position_ids_for_generation"} <= set(hooks)
+    for name in hooks:
+        if name != "latent_logits_processor":  # Mirage's own
+            assert hasattr(Qwen2_5_VLForConditionalGeneration, name), name
+        assert getattr(MirageForConditionalGeneration, name) is getattr(MirageGenerationMixin, name), name
+
+
+def test_latent_fields_set_after_loading_are_checked_when_generating():
+    model = tiny_model(seed=1)
+    model.config.latent_end_rule = "official"
+    model.config.latent_max_tokens = 2  # below latent_num_tokens = 3
+    with pytest.raises(ValueError, match=r"latent_max_tokens \(2\) must be >= latent_num_tokens \(3\)"):
+        model.generate(input_ids=torch.tensor([[8, 9]]), max_new_tokens=2)
