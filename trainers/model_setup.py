@@ -33,7 +33,7 @@ from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
 TINY_BASE = "tiny"
 """Model name that means the embedded tiny Qwen2.5-VL base (built offline on first use)."""
 
-REMOTE_CODE_FILES = ("configuration_mirage.py", "modeling_mirage.py", "processing_mirage.py")
+REMOTE_CODE_FILES = ("configuration_mirage.py", "generation_mirage.py", "modeling_mirage.py", "processing_mirage.py")
 LANGUAGE_MODEL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
