@@ -679,7 +679,7 @@ class MirageForConditionalGeneration(MirageGenerationMixin, Qwen2_5_VLForConditi
         Qwen2.5-VL forward with latent pads filled (see [`MirageModel.forward`] for the `latent_*` / `helper_*`
         arguments). `labels` at `<|latent_pad|>` positions are ignored: latent positions carry no token loss.
         """
-        return_dict = kwargs.pop("return_dict", True)
+        return_dict = kwargs.pop("return_dict", None) is not False  # None (as PEFT passes it) means the default: True
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
