@@ -210,7 +210,9 @@ def test_aligning_latent_blocks_leaves_the_loss_unchanged(tiny_mirage_dir, mixed
     results = []
     for align in (False, True):
         args = fast_args(tmp_path / str(align), latent_stage=stage, latent_align_blocks=align)
-        trainer = MirageSFTTrainer(model=model, args=args, train_dataset=mirage_tasks.rows_to_dataset(mixed_rows))
+        trainer = MirageSFTTrainer(
+            model=model, args=args, train_dataset=mirage_tasks.rows_to_dataset(mixed_rows), processing_class=processor
+        )
         batch = trainer.data_collator(mixed_rows)
         model.zero_grad()
         loss = trainer.compute_loss(model, dict(batch))
