@@ -3,7 +3,6 @@
 from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
 from trainers import MirageSFTConfig
 
-
 # What the tiny recipes train with: a 64-px map cell becomes one 28-px merged vision token.
 TINY_IMAGE_SCALE = 0.4375
 
