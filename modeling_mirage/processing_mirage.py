@@ -10,6 +10,7 @@ saved folder feeds the model images of the size it was trained on.
 """
 
 import json
+import os
 import re
 
 from transformers import AutoProcessor, BatchFeature, Qwen2_5_VLProcessor
@@ -294,6 +295,8 @@ class MirageProcessor(Qwen2_5_VLProcessor):
         config with another `latent_num_tokens` than the processor's: the model would read blocks of another length
         than the processor writes."""
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if os.path.isfile(pretrained_model_name_or_path):  # a processor_config.json given directly: no folder
+            return processor
         hub_kwargs = {
             key: kwargs[key] for key in ("cache_dir", "revision", "token", "local_files_only") if key in kwargs
         }
