@@ -297,9 +297,11 @@ def stage1_targets(model, processor, rows: Sequence[dict], batch_size: int = 16)
         if not flat:
             out += [None] * len(chunk)
             continue
-        pixels = processor.image_processor(images=flat, return_tensors="pt").to(device)
+        pixels = processor.process_helper_images(flat).to(device)  # resized as training resized them
         with torch.no_grad():
-            targets = backbone.latent_targets_from_images(pixels["pixel_values"], pixels["image_grid_thw"])
+            targets = backbone.latent_targets_from_images(
+                pixels["helper_pixel_values"], pixels["helper_image_grid_thw"]
+            )
         targets = torch.stack(targets).float().cpu()  # (n_images, k, D)
         offset = 0
         for images in helpers:
