@@ -129,8 +129,3 @@ class MirageGRPOConfig(GRPOConfig):
             )
         if isinstance(self.reward_funcs, str):
             self.reward_funcs = [self.reward_funcs]
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
-            raise ValueError(
-                f"reward_weights has {len(self.reward_weights)} values for {len(self.reward_funcs)} reward_funcs "
-                f"{list(self.reward_funcs)}; give one weight per reward"
-            )
