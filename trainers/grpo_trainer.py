@@ -46,6 +46,9 @@ from .model_setup import TINY_BASE, checkpoint_model_type, is_mirage, load_model
 from .rewards import REWARDS, get_reward_funcs
 from .sft_trainer import MirageSFTTrainer
 
+# Model inputs TRL passes with one value per token (they move with the tokens when rows are shifted).
+PER_TOKEN_INPUTS = ("token_type_ids", "mm_token_type_ids")
+
 # Why each generation back end TRL offers cannot produce Mirage rollouts.
 _UNSUPPORTED = {
     "use_vllm": "vLLM returns token ids only and cannot feed a step's hidden state back as the next input, so it "
@@ -357,15 +360,60 @@ class MirageGRPOTrainer(GRPOTrainer):
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, **kwargs
     ):
         """TRL's chunked rescoring. Chain mode (and the reference model in both modes) runs the model as is, which
-        fills every pad with the scoring model's own hidden state; replay mode feeds the rollouts' recorded latents."""
+        fills every pad with the scoring model's own hidden state; replay mode feeds the rollouts' recorded latents.
+
+        The chain runs one chunk per column where some row has a pad, and rollouts open their blocks at different
+        columns; the rows are first shifted (more left padding) so that their first blocks share columns, which
+        changes no output (positions count real tokens only) and leaves k + 1 chunks for one block per row."""
         latents = self._scoring_latents
-        if self.args.latent_rescoring != "replay" or latents is None or self._is_reference(model):
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size, **kwargs
+        replay = self.args.latent_rescoring == "replay" and latents is not None and not self._is_reference(model)
+        if not replay:
+            aligned = self._align_first_blocks(input_ids, attention_mask, kwargs)
+            if aligned is None:
+                return super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size, **kwargs
+                )
+            shift, input_ids, attention_mask, kwargs = aligned
+            widened = logits_to_keep + int(shift.max())
+            outputs = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, widened, batch_size, **kwargs
             )
+            # Row r's completion sits shift[r] columns further right within the widened window.
+            columns = shift.unsqueeze(1) + torch.arange(logits_to_keep, device=shift.device)  # (B, C)
+            return tuple(
+                None if x is None or x.ndim != 2 else x.gather(1, columns.to(x.device)) for x in outputs[:2]
+            ) + (outputs[2],)
         if len(latents) != input_ids.shape[0]:
             raise RuntimeError(f"{len(latents)} rows of latents for a batch of {input_ids.shape[0]} rows")
         with self._replaying(latents):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, **kwargs
             )
+
+    def _align_first_blocks(self, input_ids, attention_mask, kwargs):
+        """`(shift (B,), input_ids, attention_mask, kwargs)` with every row moved `shift[r]` columns right so that the
+        first latent pads of all rows share a column (per-token inputs such as `mm_token_type_ids` move along); None
+        when nothing would move."""
+        pad_id = self._policy_model().config.latent_pad_token_id
+        batch, width = input_ids.shape
+        columns = torch.arange(width, device=input_ids.device).expand(batch, width)
+        first = torch.where(input_ids == pad_id, columns, width).amin(dim=1)  # (B,); width: no pad
+        has_pad = first < width
+        if not bool(has_pad.any()):
+            return None
+        shift = torch.where(has_pad, first[has_pad].max() - first, 0)
+        extra = int(shift.max())
+        if extra == 0:
+            return None
+        target = columns + shift.unsqueeze(1)  # (B, T): new column of every old column
+
+        def moved(tensor, fill):
+            out = tensor.new_full((batch, width + extra, *tensor.shape[2:]), fill)
+            index = target.view(batch, width, *([1] * (tensor.ndim - 2))).expand_as(tensor)
+            return out.scatter(1, index, tensor)
+
+        kwargs = {
+            key: moved(value, 0) if key in PER_TOKEN_INPUTS and value is not None else value
+            for key, value in kwargs.items()
+        }
+        return shift, moved(input_ids, self._tokenizer.pad_token_id), moved(attention_mask, 0), kwargs
