@@ -34,7 +34,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=["modeling_mirage", "trainers", "mirage_tasks", "mirage_tiny", "hub_cards"],
-    package_data={"mirage_tasks": ["metrics/*/*.py"], "hub_cards": ["templates/*.md"]},
+    package_data={"mirage_tasks": ["metrics/*/*.py", "data/*.tsv"], "hub_cards": ["templates/*.md"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

@@ -137,7 +137,7 @@ def main() -> None:
                 image_scale=args.image_scale,
                 use_cpu=device.type == "cpu",
                 bf16=False,
-                gradient_checkpointing=False,
+                activation_checkpointing=False,
                 report_to="none",
             )
             trainers[stage] = MirageSFTTrainer(

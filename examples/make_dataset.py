@@ -7,7 +7,7 @@
 The output folder is laid out like a Hub dataset repository: ``data/train-*.parquet``, ``data/test-*.parquet`` and
 a ``README.md`` dataset card; ``datasets.load_dataset(output_dir)`` reads it back. The same seed always gives the
 same data. Train and test never share a map, and neither contains a map of the official VSP planning test set
-(``--exclude-official``, on by default when the official data is found).
+(``--exclude-official``: on by default, from the copy of the test set shipped with ``mirage_tasks``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from transformers import HfArgumentParser
 
 import mirage_tasks
 from hub_cards import push_dataset_with_card, render_dataset_card
-from mirage_tasks.official import PLANNING_TEST, official_data_root
+from mirage_tasks.official import PLANNING_TEST, official_path
 
 
 @dataclass
@@ -41,8 +41,9 @@ class MakeDatasetArguments:
     exclude_official: str = field(
         default="auto",
         metadata={
-            "help": "Official planning test data whose maps must not be generated: a data folder or test_direct.jsonl; "
-            "'auto' = the shared official folder if present (or $MIRAGE_OFFICIAL_DATA); 'none' = exclude nothing."
+            "help": "Official planning test whose maps must not be generated: the official data folder or its "
+            "test_direct.jsonl; 'auto' = $MIRAGE_OFFICIAL_DATA if set, else the copy shipped with mirage_tasks; "
+            "'none' = exclude nothing."
         },
     )
     helper_step: str = field(
@@ -61,15 +62,10 @@ def official_exclusion(spec: str) -> tuple[list, str]:
     """The official test maps to exclude for ``--exclude-official`` and a sentence saying what was done."""
     if spec == "none":
         return [], "not excluding official test maps (--exclude-official none)"
-    try:
-        source = official_data_root(None if spec == "auto" else spec if Path(spec).is_dir() else None)
-        path = Path(spec) if Path(spec).is_file() else source / PLANNING_TEST
-    except FileNotFoundError:
-        if spec != "auto":
-            raise
-        return [], "official test maps not found (set MIRAGE_OFFICIAL_DATA); not excluding them"
-    maps = mirage_tasks.official_test_maps(path)
-    return maps, f"excluding the {len(maps)} official test maps of {path}"
+    root = None if spec == "auto" else spec
+    path = official_path(PLANNING_TEST, root)
+    maps = mirage_tasks.official_test_maps(root)
+    return maps, f"excluding the {len(maps)} official test maps of {path or 'the copy shipped with mirage_tasks'}"
 
 
 def command_line(args: MakeDatasetArguments) -> str:

@@ -22,6 +22,9 @@ Every field of the YAML recipe can be overridden on the command line (`--max_ste
 come from three dataclasses: `MirageScriptArguments` (data), `trainers.MirageSFTConfig` (stage, latent loss, every
 `trl.SFTConfig`/`TrainingArguments` field) and `trl.ModelConfig` (model, dtype, LoRA).
 
+Evaluation (`--eval_strategy steps`) uses the dataset's `dataset_test_split`, or a generated test split without
+`dataset_name`; `--resume_from_checkpoint true` resumes from the last checkpoint in `output_dir`.
+
 The model is a Mirage checkpoint, a Qwen2.5-VL checkpoint (converted on the fly, k = `latent_num_tokens`), or `tiny`
 (the embedded tiny base). The data is a canonical task dataset (`dataset_name`: a folder written by
 `examples/make_dataset.py` or a Hub id) or, without `dataset_name`, generated on the fly from the task suite, with the
@@ -32,22 +35,17 @@ LoRA adapters are merged into it.
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass, field
 
-import datasets
-import torch
-from accelerate import PartialState
 from trl import ModelConfig, ScriptArguments, TrlParser
 
 import mirage_tasks
-from trainers import (
-    MirageSFTConfig,
-    MirageSFTTrainer,
-    language_model_lora_config,
-    load_model_and_processor,
-    save_for_hub,
-)
+from trainers import MirageSFTConfig
+
+# Everything else (datasets, the model and trainer code, accelerate) is imported inside the functions that use it,
+# so that `--help` and argument errors come back without loading them.
 
 
 @dataclass
@@ -73,6 +71,13 @@ class MirageScriptArguments(ScriptArguments):
         },
     )
     num_train_examples: int = field(default=512, metadata={"help": "Rows to generate."})
+    num_eval_examples: int = field(
+        default=64,
+        metadata={
+            "help": "With evaluation on (eval_strategy other than 'no') and no dataset_name: rows of a generated test "
+            "split that shares no problem with the training rows."
+        },
+    )
     levels: str = field(default="3-6", metadata={"help": "Levels to generate (map side length): '3-6', '3,4'."})
     dataset_seed: int = field(default=0, metadata={"help": "Seed of the generated rows (same seed, same rows)."})
     official_data_root: str | None = field(
@@ -96,26 +101,67 @@ class MirageScriptArguments(ScriptArguments):
     )
 
 
-def train_dataset(script_args: MirageScriptArguments) -> datasets.Dataset:
-    """The training rows: a stored dataset, or freshly generated ones without any official test map."""
-    if script_args.dataset_name:
-        return datasets.load_dataset(
-            script_args.dataset_name, script_args.dataset_config, split=script_args.dataset_train_split
+def _split(splits, name: str, role: str, source: str):
+    if name not in splits:
+        raise ValueError(
+            f"{source} has no {name!r} split for {role} (it has {sorted(splits)}); set --dataset_{role}_split"
         )
+    return splits[name]
+
+
+def load_datasets(script_args: MirageScriptArguments, evaluate: bool):
+    """The training rows and, when `evaluate`, the evaluation rows: the stored dataset's `dataset_train_split` and
+    `dataset_test_split`, or freshly generated train and test splits without any official test map (and without a
+    problem in common)."""
+    import datasets
+
+    if script_args.dataset_name:
+        splits = datasets.load_dataset(script_args.dataset_name, script_args.dataset_config)
+        source = f"dataset {script_args.dataset_name}"
+        train = _split(splits, script_args.dataset_train_split, "train", source)
+        test = _split(splits, script_args.dataset_test_split, "test", source) if evaluate else None
+        return train, test
     exclude = []
     if script_args.task.startswith("vsp"):
         try:
             exclude = mirage_tasks.official_test_maps(script_args.official_data_root)
         except FileNotFoundError as error:
             warnings.warn(f"official test maps not excluded from the generated data: {error}", stacklevel=2)
-    return mirage_tasks.build_dataset(
-        script_args.task,
-        script_args.variant,
-        script_args.num_train_examples,
-        levels=script_args.levels,
-        seed=script_args.dataset_seed,
-        exclude=exclude,
+    rows = dict(levels=script_args.levels, seed=script_args.dataset_seed, exclude=exclude)
+    if not evaluate:
+        train = mirage_tasks.build_dataset(
+            script_args.task, script_args.variant, script_args.num_train_examples, **rows
+        )
+        return train, None
+    splits = mirage_tasks.build_splits(
+        script_args.task, script_args.variant, script_args.num_train_examples, script_args.num_eval_examples, **rows
     )
+    return splits["train"], splits["test"]
+
+
+def resume_checkpoint(value: str | None, output_dir: str) -> str | None:
+    """What `--resume_from_checkpoint` names: `true` (any boolean spelling) the last `checkpoint-N` in `output_dir`, as
+    `Trainer.train(resume_from_checkpoint=True)` does; `false` or nothing, no resuming; else a checkpoint folder.
+    Errors say what is missing before any model is loaded."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if value is None or value.strip().lower() in ("", "false", "no", "0", "none"):
+        return None
+    if value.strip().lower() in ("true", "yes", "1"):
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            found = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else "the folder does not exist"
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint true: no checkpoint-N folder in output_dir {output_dir} (found: {found}); "
+                "save checkpoints with --save_strategy steps or epoch, or pass a checkpoint folder"
+            )
+        return last
+    if not os.path.isdir(value):
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {value}: no such folder; pass a checkpoint-N folder of an earlier run, or true "
+            f"for the last one in output_dir ({output_dir})"
+        )
+    return value
 
 
 def weight_digest(model) -> str:
@@ -128,8 +174,15 @@ def weight_digest(model) -> str:
 
 
 def main(script_args: MirageScriptArguments, training_args: MirageSFTConfig, model_args: ModelConfig) -> None:
+    import torch
+    from accelerate import PartialState
+
+    from trainers import MirageSFTTrainer, language_model_lora_config, load_model_and_processor, save_for_hub
+
     if model_args.model_name_or_path is None:
         raise ValueError("set model_name_or_path: a Mirage or Qwen2.5-VL checkpoint, or 'tiny'")
+    resume = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    train_rows, eval_rows = load_datasets(script_args, evaluate=training_args.eval_strategy != "no")
     model_kwargs = {"revision": model_args.model_revision}
     if model_args.dtype not in (None, "auto"):
         model_kwargs["dtype"] = getattr(torch, model_args.dtype)
@@ -155,11 +208,12 @@ def main(script_args: MirageScriptArguments, training_args: MirageSFTConfig, mod
     trainer = MirageSFTTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_dataset(script_args),
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
         processing_class=processor,
         peft_config=peft_config,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
 
     if peft_config is not None and script_args.merge_lora:
         if trainer.accelerator.is_main_process:

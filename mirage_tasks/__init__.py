@@ -3,7 +3,8 @@
 Generators produce problems in the official style (FrozenLake maps rendered pixel-exactly as gymnasium 0.29.1
 draws them), laid out in each of the paper's four training variants as TRL conversational rows; readers and writers
 handle the official JSONL format; verifiers score answers by simulation; ``evaluate`` metrics live in
-:data:`METRICS_DIR`. See ``docs/tasks.md``.
+:data:`METRICS_DIR`. The official VSP spatial-planning test ships with the package
+(:func:`load_official_planning_test`, :func:`official_test_maps`). See ``docs/tasks.md``.
 """
 
 from pathlib import Path
@@ -28,6 +29,7 @@ from .official import (
     load_official_planning_test,
     load_official_reasoning_samples,
     official_data_root,
+    official_path,
     official_test_maps,
     read_official_jsonl,
     write_official_jsonl,
@@ -46,7 +48,15 @@ from .verifiers import (
     score_planning,
     score_row,
 )
-from .vsp import map_from_image, map_key, render_map, simulate_plan, solve_map, validate_map_desc
+from .vsp import (
+    map_from_image,
+    map_key,
+    read_map_image,
+    render_map,
+    simulate_plan,
+    solve_map,
+    validate_map_desc,
+)
 
 METRICS_DIR = Path(__file__).parent / "metrics"
 """Folder of the ``evaluate`` metric modules: ``evaluate.load(str(METRICS_DIR / "vsp_planning"))``."""
@@ -82,10 +92,12 @@ __all__ = [
     "map_from_image",
     "map_key",
     "official_data_root",
+    "official_path",
     "official_test_maps",
     "parse_levels",
     "planning_outcome",
     "prompt_text",
+    "read_map_image",
     "read_official_jsonl",
     "render_map",
     "row_errors",

@@ -28,9 +28,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import jigsaw, vsp_planning, vsp_reasoning
-from .errors import LevelError, UnknownNameError
+from .errors import LevelError, TaskDataError, UnknownNameError
 from .sample import Sample
-from .templates import IMAGE_MARKER, LATENT_PLACEHOLDER
+from .templates import IMAGE_MARKER, JIGSAW_COLORS, LATENT_PLACEHOLDER
 from .variants import check_variant, compose_completion, prompt_suffix, uses_latent
 from .vsp import MAX_SIDE, MIN_SIDE, map_key, validate_map_desc
 
@@ -40,7 +40,7 @@ TASKS: tuple[str, ...] = ("vsp_planning", "vsp_reasoning", "jigsaw")
 LEVEL_RANGE: dict[str, tuple[int, int]] = {
     "vsp_planning": (MIN_SIDE, MAX_SIDE),
     "vsp_reasoning": (MIN_SIDE, MAX_SIDE),
-    "jigsaw": (3, len(jigsaw.T.JIGSAW_COLORS)),
+    "jigsaw": (3, len(JIGSAW_COLORS)),
 }
 """Inclusive range of levels each task can generate (map side length, or jigsaw grid size)."""
 
@@ -150,7 +150,13 @@ def to_row(sample: Sample, task: str, variant: str, row_id: str) -> dict[str, An
     text = sample.prompt_template.replace("{suffix}", prompt_suffix(variant))
     completion = compose_completion(variant, sample.pre, sample.post, sample.answer)
     helpers = [sample.helper()] if uses_latent(variant) else []
-    assert completion.count(LATENT_PLACEHOLDER) == len(helpers)
+    if completion.count(LATENT_PLACEHOLDER) != len(helpers):
+        raise TaskDataError(
+            f"{completion.count(LATENT_PLACEHOLDER)} {LATENT_PLACEHOLDER} placeholders for {len(helpers)} helper"
+            f" images: a reasoning clause of the {task} generator contains {LATENT_PLACEHOLDER}",
+            row=row_id,
+            field="completion",
+        )
     return {
         "id": row_id,
         "prompt": user_message(text),

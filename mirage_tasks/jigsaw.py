@@ -14,11 +14,17 @@ from functools import cache
 
 from PIL import Image, ImageDraw
 
-from . import templates as T
 from .sample import Sample
-from .templates import cell_text
+from .templates import (
+    JIGSAW_COLORS,
+    JIGSAW_GAP_CLAUSE,
+    JIGSAW_MATCH_CLAUSE,
+    JIGSAW_PIECE_CLAUSE,
+    JIGSAW_PROMPT,
+    JIGSAW_SHAPES,
+    cell_text,
+)
 
-TASK = "jigsaw"
 CLASSES = ("A", "B")
 CELL = 28
 """Side of one picture cell in pixels."""
@@ -90,8 +96,8 @@ def compose(colors: list[str], shapes: list[str], gap: tuple[int, int], pieces: 
 def generate(rng: random.Random, level: int, index: int = 0) -> Sample:
     """Draw a ``level`` x ``level`` puzzle whose answer is ``CLASSES[index % 2]``."""
     answer = CLASSES[index % len(CLASSES)]
-    colors = rng.sample(T.JIGSAW_COLORS, level)
-    shapes = rng.sample(T.JIGSAW_SHAPES, level)
+    colors = rng.sample(JIGSAW_COLORS, level)
+    shapes = rng.sample(JIGSAW_SHAPES, level)
     gap = (rng.randrange(level), rng.randrange(level))
     right = (colors[gap[0]], shapes[gap[1]])
     if rng.random() < 0.5:
@@ -99,13 +105,13 @@ def generate(rng: random.Random, level: int, index: int = 0) -> Sample:
     else:
         wrong = (right[0], rng.choice([s for s in shapes if s != right[1]]))
     pieces = (right, wrong) if answer == "A" else (wrong, right)
-    pre = [T.JIGSAW_GAP_CLAUSE.format(cell=cell_text(*gap), color=right[0], shape=right[1])]
-    post = [T.JIGSAW_PIECE_CLAUSE.format(option=o, color=p[0], shape=p[1]) for o, p in zip(CLASSES, pieces)]
-    post.append(T.JIGSAW_MATCH_CLAUSE.format(option=answer))
+    pre = [JIGSAW_GAP_CLAUSE.format(cell=cell_text(*gap), color=right[0], shape=right[1])]
+    post = [JIGSAW_PIECE_CLAUSE.format(option=o, color=p[0], shape=p[1]) for o, p in zip(CLASSES, pieces)]
+    post.append(JIGSAW_MATCH_CLAUSE.format(option=answer))
     key = f"jigsaw:{'/'.join(colors)}:{'/'.join(shapes)}:{cell_text(*gap)}:{'/'.join(map(' '.join, pieces))}"
     return Sample(
         key=key,
-        prompt_template=T.JIGSAW_PROMPT,
+        prompt_template=JIGSAW_PROMPT,
         image=compose(colors, shapes, gap, pieces, None),
         helper=lambda: compose(colors, shapes, gap, pieces, right),
         pre=pre,

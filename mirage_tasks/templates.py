@@ -76,6 +76,12 @@ MOVE_LETTERS = ("L", "D", "R", "U")
 MOVE_WORDS = ("LEFT", "DOWN", "RIGHT", "UP")
 """Move words of the reasoning task, in the same order as :data:`MOVE_LETTERS`."""
 
+LETTER_TO_WORD = dict(zip(MOVE_LETTERS, MOVE_WORDS))
+"""Move letter to move word (``"L"`` -> ``"LEFT"``): the one mapping between the two spellings of a move."""
+
+WORD_TO_LETTER = dict(zip(MOVE_WORDS, MOVE_LETTERS))
+"""Move word to move letter (``"LEFT"`` -> ``"L"``), the inverse of :data:`LETTER_TO_WORD`."""
+
 TILE_WORDS = {0: "ice", 1: "start", 2: "goal", -1: "hole"}
 """How reasoning clauses name the tile a move lands on (keys are ``map_desc`` codes)."""
 

@@ -16,10 +16,18 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
-
-from . import templates as T
-from .templates import LATENT_PLACEHOLDER, THINK_CLOSE, THINK_OPEN
+from .templates import (
+    LATENT_PLACEHOLDER,
+    MOVE_LETTERS,
+    MOVE_WORDS,
+    PLANNING_END_CLAUSE,
+    REASONING_END_CLAUSES,
+    REASONING_OPTIONS,
+    THINK_CLOSE,
+    THINK_OPEN,
+    TILE_WORDS,
+    WORD_TO_LETTER,
+)
 from .vsp import (
     GOAL,
     HOLE,
@@ -111,20 +119,21 @@ def score_format(completion_text: str | None, require_think: bool) -> float:
 # ---------------------------------------------------------------------------------------------------------
 _CELL = r"\((\d+),(\d+)\)"
 _PLAN_START = re.compile(rf"Start {_CELL}, goal {_CELL}\.")
-_PLAN_MOVE = re.compile(rf"\b([LRUD]) to {_CELL}\.")
-_REASON_MOVE = re.compile(rf"\b(LEFT|RIGHT|UP|DOWN) (?:to {_CELL} (ice|start|goal|hole)|blocked at {_CELL})\.")
+_PLAN_MOVE = re.compile(rf"\b([{''.join(MOVE_LETTERS)}]) to {_CELL}\.")
+_REASON_MOVE = re.compile(
+    rf"\b({'|'.join(MOVE_WORDS)}) (?:to {_CELL} ({'|'.join(TILE_WORDS.values())})|blocked at {_CELL})\."
+)
 _JIG_GAP = re.compile(rf"Gap at {_CELL}: row color (\w+), column shape (\w+)\.")
 _JIG_PIECE = re.compile(r"\b([AB]) is a (\w+) (\w+)\.")
 _JIG_FIT = re.compile(r"\b([AB]) fits\.")
-_TILE_CODE = {v: k for k, v in T.TILE_WORDS.items()}
-_WORD_LETTER = dict(zip(T.MOVE_WORDS, T.MOVE_LETTERS))
+_TILE_CODE = {v: k for k, v in TILE_WORDS.items()}
 
 
 def _reasoning(text: str) -> str:
     return " ".join(re.findall(r"<think>(.*?)</think>", text, flags=re.S))
 
 
-def planning_reasoning_errors(text: str, map_desc: MapDesc) -> list[str]:
+def planning_trace_errors(text: str, map_desc: MapDesc) -> list[str]:
     """Problems with a templated planning reasoning (empty list = correct for this map)."""
     grid = validate_map_desc(map_desc)
     thought, errors = _reasoning(text), []
@@ -144,14 +153,14 @@ def planning_reasoning_errors(text: str, map_desc: MapDesc) -> list[str]:
             errors.append(f"{match.group(0)!r}: the move lands on {cell}")
         if grid[cell] == HOLE:
             errors.append(f"{match.group(0)!r} walks into a hole")
-    if grid[cell] != GOAL or T.PLANNING_END_CLAUSE not in thought:
+    if grid[cell] != GOAL or PLANNING_END_CLAUSE not in thought:
         errors.append("the reasoning does not end on the goal")
     if parse_moves(extract_boxed(text)) != moves:
         errors.append(f"boxed answer {extract_boxed(text)!r} differs from the reasoned moves {moves!r}")
     return errors
 
 
-def reasoning_reasoning_errors(text: str, map_desc: MapDesc, plan: str) -> list[str]:
+def spatial_reasoning_trace_errors(text: str, map_desc: MapDesc, plan: str) -> list[str]:
     """Problems with a templated spatial-reasoning trace of ``plan`` (``"RIGHT, UP"``) on ``map_desc``."""
     grid = validate_map_desc(map_desc)
     letters = parse_moves(plan) or ""
@@ -162,21 +171,21 @@ def reasoning_reasoning_errors(text: str, map_desc: MapDesc, plan: str) -> list[
         errors.append(f"{len(clauses)} move clauses for {len(steps)} moves played")
     for match, s in zip(clauses, steps):
         word, r, c, tile, br, bc = match.groups()
-        if _WORD_LETTER[word] != s.move:
+        if WORD_TO_LETTER[word] != s.move:
             errors.append(f"{match.group(0)!r}: the plan moves {s.move}")
         elif tile is not None and (s.blocked or (int(r), int(c)) != s.cell or _TILE_CODE[tile] != s.code):
             errors.append(f"{match.group(0)!r}: the move {'is blocked' if s.blocked else f'lands on {s.cell}'}")
         elif tile is None and (not s.blocked or (int(br), int(bc)) != s.cell):
             errors.append(f"{match.group(0)!r}: the move is not blocked")
-    truth = T.REASONING_OPTIONS[outcome_of(steps)]
-    if T.REASONING_END_CLAUSES[truth] not in thought:
-        errors.append(f"the conclusion does not say {T.REASONING_END_CLAUSES[truth]!r}")
+    truth = REASONING_OPTIONS[outcome_of(steps)]
+    if REASONING_END_CLAUSES[truth] not in thought:
+        errors.append(f"the conclusion does not say {REASONING_END_CLAUSES[truth]!r}")
     if extract_choice(text) != truth:
         errors.append(f"boxed answer {extract_boxed(text)!r} is not {truth}")
     return errors
 
 
-def jigsaw_reasoning_errors(text: str, answer: str) -> list[str]:
+def jigsaw_trace_errors(text: str, answer: str) -> list[str]:
     """Problems with a templated jigsaw reasoning: the fitting piece must be the gap's color and shape, the other
     piece must differ, and the boxed answer must be the fitting piece (which must be ``answer``)."""
     thought, errors = _reasoning(text), []
@@ -213,18 +222,18 @@ def row_errors(row: dict[str, Any], text: str | None = None) -> list[str]:
         if outcome != "success":
             errors.append(f"planning answer ends in {outcome}")
         if think_needed:
-            errors += planning_reasoning_errors(text, row["map_desc"])
+            errors += planning_trace_errors(text, row["map_desc"])
     elif task == "vsp_reasoning":
-        truth = T.REASONING_OPTIONS[simulate_plan(row["map_desc"], row["plan"])]
+        truth = REASONING_OPTIONS[simulate_plan(row["map_desc"], row["plan"])]
         if row["answer"] != truth or extract_choice(text) != truth:
             errors.append(f"answer {row['answer']!r} / boxed {extract_boxed(text)!r} but the plan gives {truth}")
         if think_needed:
-            errors += reasoning_reasoning_errors(text, row["map_desc"], row["plan"])
+            errors += spatial_reasoning_trace_errors(text, row["map_desc"], row["plan"])
     else:
         if extract_choice(text, "AB") != row["answer"]:
             errors.append(f"boxed {extract_boxed(text)!r} is not {row['answer']}")
         if think_needed:
-            errors += jigsaw_reasoning_errors(text, row["answer"])
+            errors += jigsaw_trace_errors(text, row["answer"])
     return errors
 
 
@@ -266,25 +275,34 @@ def evaluate_predictions(rows: Iterable[dict[str, Any]], predictions: Sequence[s
     if len(rows) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows")
     scores = [score_row(row, text) for row, text in zip(rows, predictions)]
-    by_level: dict[int, list[bool]] = defaultdict(list)
-    by_task: dict[str, list[bool]] = defaultdict(list)
+    correct = [s["correct"] for s in scores]
     outcomes: dict[str, int] = defaultdict(int)
-    for row, s in zip(rows, scores):
-        by_level[int(row["level"])].append(s["correct"])
-        by_task[row["task"]].append(s["correct"])
+    for s in scores:
         outcomes[s["outcome"]] += 1
-
-    def rate(values: Iterable[bool]) -> float:
-        values = list(values)
-        return float(np.mean(values)) if values else 0.0
-
     return {
         "n": len(rows),
-        "success_rate": rate(s["correct"] for s in scores),
+        "success_rate": rate(correct),
         "invalid_rate": rate(not s["valid"] for s in scores),
         "format_rate": rate(s["format"] for s in scores),
-        "per_level": {level: rate(v) for level, v in sorted(by_level.items())},
-        "per_task": {task: rate(v) for task, v in sorted(by_task.items())},
+        "per_level": rates_by(correct, [int(row["level"]) for row in rows]),
+        "per_task": rates_by(correct, [row["task"] for row in rows]),
         "outcomes": dict(outcomes),
         "scores": scores,
     }
+
+
+def rate(flags: Iterable[bool]) -> float:
+    """The fraction of true flags (0.0 for none)."""
+    flags = list(flags)
+    return sum(flags) / len(flags) if flags else 0.0
+
+
+def rates_by(flags: Iterable[bool], groups: Iterable[Any]) -> dict[Any, float]:
+    """The fraction of true flags within each group (e.g. success per level), groups in sorted order.
+
+    ``flags`` and ``groups`` are paired in order; the shorter one decides how many pairs count.
+    """
+    grouped: dict[Any, list[bool]] = defaultdict(list)
+    for flag, group in zip(flags, groups):
+        grouped[group].append(bool(flag))
+    return {group: rate(values) for group, values in sorted(grouped.items())}

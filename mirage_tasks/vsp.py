@@ -30,10 +30,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .errors import TaskDataError
-from .templates import MOVE_LETTERS, MOVE_WORDS
+from .templates import MOVE_LETTERS, MOVE_WORDS, WORD_TO_LETTER
 
 START, GOAL, HOLE, ICE = 1, 2, -1, 0
 CODE_TO_LETTER = {START: "S", GOAL: "G", HOLE: "H", ICE: "F"}
+LETTER_TO_CODE = {letter: code for code, letter in CODE_TO_LETTER.items()}
 MIN_SIDE, MAX_SIDE = 3, 8
 """Supported map side lengths for generation (the level of a planning example is its side length)."""
 
@@ -85,15 +86,27 @@ def find_cell(grid: np.ndarray, code: int) -> Cell:
 
 
 def map_key(map_desc: MapDesc | np.ndarray) -> str:
-    """A canonical string for a map, used to keep splits disjoint (``"S.H/..G/..."`` style rows)."""
+    """A canonical string for a map, used to keep splits disjoint: FrozenLake letters row by row (``"SFH/FFG/FFF"``)."""
     return "/".join("".join(CODE_TO_LETTER[int(v)] for v in line) for line in np.asarray(map_desc).tolist())
+
+
+def map_from_key(key: str, *, row: int | str | None = None, field: str = "map") -> list[list[int]]:
+    """The ``map_desc`` a :func:`map_key` string stands for (its inverse), validated.
+
+    Raises:
+        TaskDataError: naming ``row`` and ``field`` when a letter is not one of ``S``/``G``/``H``/``F`` or the map
+            is invalid (see :func:`validate_map_desc`).
+    """
+    bad = sorted(set(key) - set(LETTER_TO_CODE) - {"/"})
+    if bad:
+        raise TaskDataError(f"unknown map letters {', '.join(bad)} in {key!r}; expected S, G, H, F", row=row, field=field)  # fmt: skip
+    return validate_map_desc([[LETTER_TO_CODE[c] for c in line] for line in key.split("/")], row=row, field=field).tolist()  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Moves, simulation, shortest paths
 # ---------------------------------------------------------------------------------------------------------
-_WORD_TO_LETTER = {w: letter for w, letter in zip(MOVE_WORDS, MOVE_LETTERS)}
-_MOVE_TOKEN = re.compile(r"LEFT|RIGHT|UP|DOWN|[LRUD]", re.IGNORECASE)
+_MOVE_TOKEN = re.compile("|".join(MOVE_WORDS) + f"|[{''.join(MOVE_LETTERS)}]", re.IGNORECASE)
 _SEPARATORS = re.compile(r"[\s,;\-\u2192>]*")
 
 
@@ -115,7 +128,7 @@ def parse_moves(text: str | None) -> str | None:
         if token is None:
             return None
         word = token.group(0).upper()
-        letters.append(_WORD_TO_LETTER.get(word, word))
+        letters.append(WORD_TO_LETTER.get(word, word))
         pos = token.end()
     return "".join(letters) or None
 
@@ -178,17 +191,17 @@ def simulate_plan(map_desc: MapDesc, moves: str | None) -> Outcome:
     return outcome_of(trace_plan(grid, letters))
 
 
-def shortest_path(grid: np.ndarray) -> str | None:
-    """Breadth-first search from start to goal over non-hole cells; the move letters, or ``None`` if unreachable.
+def shortest_moves(grid: np.ndarray, source: Cell, targets: set[Cell]) -> str | None:
+    """Breadth-first search: the fewest moves (letters) from ``source`` to the nearest of ``targets``.
 
-    Neighbours are tried in the fixed order L, D, R, U, so the answer is deterministic.
+    Paths never enter a hole, nor pass over the goal unless it is a target (the goal ends an episode). Neighbours are
+    tried in the fixed order L, D, R, U, so the answer is deterministic. ``None`` when no target can be reached.
     """
-    start, goal = find_cell(grid, START), find_cell(grid, GOAL)
-    came_from: dict[Cell, tuple[Cell, str] | None] = {start: None}
-    queue = deque([start])
+    came_from: dict[Cell, tuple[Cell, str] | None] = {source: None}
+    queue = deque([source])
     while queue:
         cell = queue.popleft()
-        if cell == goal:
+        if cell in targets:
             moves = []
             while came_from[cell] is not None:
                 cell, move = came_from[cell]
@@ -196,10 +209,15 @@ def shortest_path(grid: np.ndarray) -> str | None:
             return "".join(reversed(moves))
         for move in MOVE_LETTERS:
             nxt = step(grid, cell, move)
-            if nxt not in came_from and grid[nxt] != HOLE:
+            if nxt not in came_from and grid[nxt] != HOLE and (grid[nxt] != GOAL or nxt in targets):
                 came_from[nxt] = (cell, move)
                 queue.append(nxt)
     return None
+
+
+def shortest_path(grid: np.ndarray) -> str | None:
+    """The fewest moves (letters) from the start to the goal over non-hole cells, or ``None`` if unreachable."""
+    return shortest_moves(grid, find_cell(grid, START), {find_cell(grid, GOAL)})
 
 
 def solve_map(map_desc: MapDesc) -> str:
@@ -234,7 +252,7 @@ def random_map(rng: random.Random, side: int, hole_prob: float = 0.2) -> list[li
 # ---------------------------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------------------------
-_FACING = {"L": 0, "D": 1, "R": 2, "U": 3}
+_FACING = {letter: action for action, letter in enumerate(MOVE_LETTERS)}
 """Index of the elf sprite facing each move (gymnasium's action order); the initial state faces down."""
 
 _TILE_KINDS = ("ice", "hole", "goal", "start")
@@ -287,9 +305,13 @@ def _tiles(cell_w: int, cell_h: int) -> dict[str, np.ndarray]:
     return tiles
 
 
+CELL_PX = 64
+"""Pixels per cell of a gymnasium FrozenLake picture of a map of side 3-8 (its window is 64 px a cell up to 512)."""
+
+
 def window_size(rows: int, cols: int) -> tuple[int, int]:
     """Gymnasium's ``(width, height)`` of the rendered picture for a map of ``rows`` x ``cols``."""
-    return min(64 * cols, 512), min(64 * rows, 512)
+    return min(CELL_PX * cols, 512), min(CELL_PX * rows, 512)
 
 
 def render_array(map_desc: MapDesc | np.ndarray, player: Cell | None = None, facing: str | None = None) -> np.ndarray:
@@ -390,7 +412,7 @@ def _tile_codes(cell_w: int, cell_h: int) -> dict[bytes, frozenset[int]]:
     Two pictures are ambiguous: the elf facing down or up hides the start's stool completely, so "player on the
     start" and "player on ice" are the same pixels; :func:`map_from_image` settles those by counting starts.
     """
-    codes = {"ice": ICE, "hole": HOLE, "goal": GOAL, "start": START, "cracked": HOLE}
+    codes = {kind: code for code, kind in _CODE_TO_KIND.items()} | {"cracked": HOLE}
     table: dict[bytes, set[int]] = {}
     for name, tile in _tiles(cell_w, cell_h).items():
         table.setdefault(tile.tobytes(), set()).add(codes[name.split("@")[0]])
@@ -401,28 +423,50 @@ def map_from_image(image: Image.Image) -> list[list[int]] | None:
     """Read the ``map_desc`` back from a rendered FrozenLake picture, or ``None`` when it is not one.
 
     Works on any state picture (the player anywhere, as in the official ``map_NxN_step_k.png``) of a square map of
-    side 3-8; every cell must match one of gymnasium's tiles exactly, so ordinary photos or resized images give
-    ``None``. The official reasoning samples carry no ``map_desc``; this recovers it from their input image.
+    side 3-8 drawn at :data:`CELL_PX` pixels per cell; every cell must match one of gymnasium's tiles exactly, so
+    ordinary photos or resized images give ``None`` (:func:`read_map_image` says why instead). The official reasoning
+    samples carry no ``map_desc``; this recovers it from their input image.
+    """
+    try:
+        return read_map_image(image)
+    except TaskDataError:
+        return None
+
+
+def read_map_image(image: Image.Image) -> list[list[int]]:
+    """Like :func:`map_from_image`, but a picture that is not a FrozenLake map raises instead of giving ``None``.
+
+    Raises:
+        TaskDataError: saying what does not fit: the picture's size (it must be a square of 3-8 cells of
+            :data:`CELL_PX` px) or the first cell that is none of gymnasium's tiles.
     """
     pixels = np.asarray(image.convert("RGB"))
     height, width = pixels.shape[:2]
-    side = width // 64
-    if width != height or width % 64 or not MIN_SIDE <= side <= MAX_SIDE:
-        return None
-    table = _tile_codes(64, 64)
+    side = width // CELL_PX
+    if width != height or width % CELL_PX or not MIN_SIDE <= side <= MAX_SIDE:
+        raise TaskDataError(
+            f"a {width}x{height} px picture is not a FrozenLake map drawn at {CELL_PX} px per cell: expected a square"
+            f" of {MIN_SIDE}-{MAX_SIDE} cells ({MIN_SIDE * CELL_PX}-{MAX_SIDE * CELL_PX} px), as gymnasium 0.29.1"
+            " renders it"
+        )
+    table = _tile_codes(CELL_PX, CELL_PX)
     grid: list[list[int]] = []
     ambiguous: list[Cell] = []
     for r in range(side):
         grid.append([])
         for c in range(side):
-            hit = table.get(np.ascontiguousarray(pixels[r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64]).tobytes())
+            cell = pixels[r * CELL_PX : (r + 1) * CELL_PX, c * CELL_PX : (c + 1) * CELL_PX]
+            hit = table.get(np.ascontiguousarray(cell).tobytes())
             if hit is None:
-                return None
+                raise TaskDataError(
+                    f"cell ({r},{c}) of the {width}x{height} px picture is none of gymnasium 0.29.1's FrozenLake"
+                    f" tiles at {CELL_PX} px per cell (a resized, re-drawn or lossy picture?)"
+                )
             if len(hit) > 1:
                 ambiguous.append((r, c))
             grid[-1].append(min(hit) if len(hit) == 1 else ICE)
     if len(ambiguous) > 1:
-        return None
+        raise TaskDataError(f"the player is drawn on {len(ambiguous)} cells; a FrozenLake picture shows one")
     if ambiguous and not any(START in line for line in grid):
         grid[ambiguous[0][0]][ambiguous[0][1]] = START  # no stool in sight: the player is standing on it
     return grid

@@ -12,12 +12,9 @@ import random
 
 import numpy as np
 
-from . import templates as T
 from .sample import Sample
-from .templates import cell_text
+from .templates import PLANNING_END_CLAUSE, PLANNING_MOVE_CLAUSE, PLANNING_PROMPT, PLANNING_START_CLAUSE, cell_text
 from .vsp import GOAL, START, draw_path, find_cell, map_key, random_map, render_map, shortest_path, trace_plan
-
-TASK = "vsp_planning"
 
 
 def reasoning_clauses(grid: np.ndarray, moves: str) -> tuple[list[str], list[str]]:
@@ -26,12 +23,10 @@ def reasoning_clauses(grid: np.ndarray, moves: str) -> tuple[list[str], list[str
     The helper image (the drawn path) sits between the two: having imagined the path, the model reads it off.
     """
     pre = [
-        T.PLANNING_START_CLAUSE.format(
-            start=cell_text(*find_cell(grid, START)), goal=cell_text(*find_cell(grid, GOAL))
-        )
+        PLANNING_START_CLAUSE.format(start=cell_text(*find_cell(grid, START)), goal=cell_text(*find_cell(grid, GOAL)))
     ]
-    post = [T.PLANNING_MOVE_CLAUSE.format(move=s.move, cell=cell_text(*s.cell)) for s in trace_plan(grid, moves)]
-    post.append(T.PLANNING_END_CLAUSE)
+    post = [PLANNING_MOVE_CLAUSE.format(move=s.move, cell=cell_text(*s.cell)) for s in trace_plan(grid, moves)]
+    post.append(PLANNING_END_CLAUSE)
     return pre, post
 
 
@@ -42,7 +37,7 @@ def sample_from_map(map_desc: list[list[int]]) -> Sample:
     pre, post = reasoning_clauses(grid, moves)
     return Sample(
         key=map_key(grid),
-        prompt_template=T.PLANNING_PROMPT,
+        prompt_template=PLANNING_PROMPT,
         image=render_map(grid),
         helper=lambda: draw_path(grid, moves),
         pre=pre,

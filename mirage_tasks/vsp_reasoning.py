@@ -17,15 +17,22 @@ decisive one); ``helper_step="random"`` reproduces that. The latent block goes a
 from __future__ import annotations
 
 import random
-from collections import deque
 from typing import Literal
 
 import numpy as np
 
-from . import templates as T
-from .errors import TaskDataError
 from .sample import Sample
-from .templates import cell_text
+from .templates import (
+    LETTER_TO_WORD,
+    MOVE_LETTERS,
+    REASONING_END_CLAUSES,
+    REASONING_MOVE_CLAUSE,
+    REASONING_OPTIONS,
+    REASONING_PROMPT,
+    REASONING_STAY_CLAUSE,
+    TILE_WORDS,
+    cell_text,
+)
 from .vsp import (
     DELTAS,
     GOAL,
@@ -39,71 +46,40 @@ from .vsp import (
     random_map,
     render_map,
     render_state,
+    shortest_moves,
     step,
     trace_plan,
 )
 
-TASK = "vsp_reasoning"
 CLASSES = ("A", "B", "C")
 HelperStep = Literal["decisive", "random"]
-_LETTER_TO_WORD = dict(zip(T.MOVE_LETTERS, T.MOVE_WORDS))
-_WORD_TO_LETTER = dict(zip(T.MOVE_WORDS, T.MOVE_LETTERS))
 
 
 def plan_words(moves: str) -> str:
     """Letters to the plan wording of the prompt: ``"RU"`` -> ``"RIGHT, UP"``."""
-    return ", ".join(_LETTER_TO_WORD[m] for m in moves)
-
-
-def plan_letters(plan: str, *, row: int | str | None = None, field: str = "plan") -> str:
-    """The plan wording of the prompt back to letters: ``"RIGHT, UP"`` -> ``"RU"``."""
-    words = [w.strip().upper() for w in plan.split(",") if w.strip()]
-    unknown = [w for w in words if w not in _WORD_TO_LETTER]
-    if unknown or not words:
-        raise TaskDataError(f"not an action plan of LEFT/RIGHT/UP/DOWN: {plan!r}", row=row, field=field)
-    return "".join(_WORD_TO_LETTER[w] for w in words)
+    return ", ".join(LETTER_TO_WORD[m] for m in moves)
 
 
 def step_clause(s: Step) -> str:
     """One reasoning clause for one simulated move."""
-    word = _LETTER_TO_WORD[s.move]
+    word = LETTER_TO_WORD[s.move]
     if s.blocked:
-        return T.REASONING_STAY_CLAUSE.format(move=word, cell=cell_text(*s.cell))
-    return T.REASONING_MOVE_CLAUSE.format(move=word, cell=cell_text(*s.cell), tile=T.TILE_WORDS[s.code])
+        return REASONING_STAY_CLAUSE.format(move=word, cell=cell_text(*s.cell))
+    return REASONING_MOVE_CLAUSE.format(move=word, cell=cell_text(*s.cell), tile=TILE_WORDS[s.code])
 
 
 def reasoning_clauses(steps: list[Step], k: int) -> tuple[list[str], list[str]]:
     """Clauses for the first ``k`` moves (``pre``), then for the rest and the conclusion (``post``)."""
     clauses = [step_clause(s) for s in steps]
-    answer = T.REASONING_OPTIONS[outcome_of(steps)]
-    return clauses[:k], clauses[k:] + [T.REASONING_END_CLAUSES[answer]]
-
-
-def _bfs(grid: np.ndarray, src: Cell, targets: set[Cell]) -> str | None:
-    """Shortest moves from ``src`` to any of ``targets`` without entering a hole or passing over the goal."""
-    came: dict[Cell, tuple[Cell, str] | None] = {src: None}
-    queue = deque([src])
-    while queue:
-        cell = queue.popleft()
-        if cell in targets:
-            moves = []
-            while came[cell] is not None:
-                cell, move = came[cell]
-                moves.append(move)
-            return "".join(reversed(moves))
-        for move in T.MOVE_LETTERS:
-            nxt = step(grid, cell, move)
-            if nxt not in came and grid[nxt] != HOLE and (grid[nxt] != GOAL or nxt in targets):
-                came[nxt] = (cell, move)
-                queue.append(nxt)
-    return None
+    answer = REASONING_OPTIONS[outcome_of(steps)]
+    return clauses[:k], clauses[k:] + [REASONING_END_CLAUSES[answer]]
 
 
 def _safe_walk(rng: random.Random, grid: np.ndarray, length: int) -> tuple[str, Cell]:
     """A random walk from the start that never enters a hole or the goal (moves off the edge are allowed)."""
     cell, moves = find_cell(grid, START), []
     for _ in range(length):
-        options = [m for m in T.MOVE_LETTERS if grid[step(grid, cell, m)] not in (HOLE, GOAL)]
+        options = [m for m in MOVE_LETTERS if grid[step(grid, cell, m)] not in (HOLE, GOAL)]
         if not options:
             break
         move = rng.choice(options)
@@ -120,7 +96,7 @@ def draw_plan(rng: random.Random, grid: np.ndarray, answer: str) -> str | None:
         return moves or None
     prefix, cell = _safe_walk(rng, grid, rng.randint(0, 3))
     if answer == "A":
-        rest = _bfs(grid, cell, {find_cell(grid, GOAL)})
+        rest = shortest_moves(grid, cell, {find_cell(grid, GOAL)})
         return None if rest is None else prefix + rest
     beside_hole: dict[Cell, str] = {}
     for (r, c), code in np.ndenumerate(grid):
@@ -129,7 +105,7 @@ def draw_plan(rng: random.Random, grid: np.ndarray, answer: str) -> str | None:
         for move, (dr, dc) in DELTAS.items():
             if 0 <= r + dr < rows and 0 <= c + dc < cols and grid[r + dr, c + dc] == HOLE:
                 beside_hole.setdefault((int(r), int(c)), move)
-    rest = _bfs(grid, cell, set(beside_hole))
+    rest = shortest_moves(grid, cell, set(beside_hole))
     if rest is None:
         return None
     end = cell
@@ -155,12 +131,12 @@ def sample_from_plan(
     plan = plan_words(moves)
     return Sample(
         key=map_key(grid),
-        prompt_template=T.REASONING_PROMPT.replace("{plan}", plan),
+        prompt_template=REASONING_PROMPT.replace("{plan}", plan),
         image=render_map(grid),
         helper=lambda: render_state(grid, steps, k),
         pre=pre,
         post=post,
-        answer=T.REASONING_OPTIONS[outcome_of(steps)],
+        answer=REASONING_OPTIONS[outcome_of(steps)],
         level=int(grid.shape[0]),
         map_desc=grid.tolist(),
         plan=plan,

@@ -16,7 +16,7 @@ LATENT_END_TOKEN = "<|latent_end|>"
 LATENT_TOKENS = (LATENT_PAD_TOKEN, LATENT_START_TOKEN, LATENT_END_TOKEN)
 
 LATENT_POOLING_RULES = ("chunk_mean",)
-LATENT_END_RULES = ("fixed", "predicted")
+LATENT_END_RULES = ("fixed", "predicted", "official")
 
 DEFAULT_AUTO_MAP = {
     "AutoConfig": "configuration_mirage.MirageConfig",
@@ -39,11 +39,14 @@ class MirageConfig(Qwen2_5_VLConfig):
         Id of `<|latent_end|>`, which closes a latent block.
     latent_max_tokens (`int`, defaults to 16):
         Cap on the pads of one block when generation lets the model decide where a block ends
-        (`latent_end_rule="predicted"`). Must be at least `latent_num_tokens`.
+        (`latent_end_rule="predicted"` or `"official"`). Must be at least `latent_num_tokens`. The official test
+        script closes a block after 8 pads: set 8 to decode an official checkpoint as it does.
     latent_end_rule (`str`, defaults to `"fixed"`):
         How `generate` closes a block: `"fixed"` emits `<|latent_end|>` after exactly `latent_num_tokens` pads (the
         paper's setting); `"predicted"` lets the model choose between another pad and `<|latent_end|>` at every
-        latent step, up to `latent_max_tokens` pads.
+        latent step, up to `latent_max_tokens` pads; `"official"` decodes as the official test script does: the model
+        picks among all tokens, `<|latent_end|>` closes the block and any other token is recorded as a pad, up to
+        `latent_max_tokens` pads.
     latent_pooling (`str`, defaults to `"chunk_mean"`):
         How stage-1 targets are made from a helper image: the merged vision-tower output (LLM width, raster order) is
         trimmed to a multiple of k, split into k contiguous chunks and each chunk is mean-pooled.

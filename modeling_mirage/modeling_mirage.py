@@ -11,8 +11,10 @@ token embedding but a vector in the LLM's hidden space. Where it comes from, in 
    between chunks: one forward's worth of compute, and gradients flow through the whole chain.
 
 The filling happens in the backbone (`MirageModel`, the class of `model.model`), because TRL's fused LM head calls
-`model.base_model(...)` directly. `MirageForConditionalGeneration.generate` keeps every `GenerationMixin` feature and
-switches rows in and out of latent mode independently, with the KV cache.
+`model.base_model(...)` directly. Generation with per-row latent mode lives in the sibling `generation_mirage.py`
+(`MirageGenerationMixin`, mixed into `MirageForConditionalGeneration`); one-time conversion from a stock Qwen2.5-VL
+checkpoint (`from_base`) is not part of this payload: it lives in the package's `conversion.py`, which only a local
+install of the package provides.
 
 The file imports only torch, transformers and its siblings: it travels as Hub remote code.
 """
@@ -22,9 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import DynamicCache
-from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VLForConditionalGeneration,
@@ -33,7 +33,8 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VLTextModel,
 )
 
-from .configuration_mirage import LATENT_TOKENS, MirageConfig
+from .configuration_mirage import MirageConfig
+from .generation_mirage import MirageGenerationMixin
 
 # transformers 5.24 renamed the cache argument `past_key_values` -> `cache` (the old name goes away in 5.40). Pass it to
 # the stock language model under whichever name the installed version declares, and return it in outputs the same way.
@@ -300,6 +301,13 @@ class MirageModel(Qwen2_5_VLModel):
 
     # ---- positions ------------------------------------------------------------------------------------------------
 
+    def mm_token_type_ids(self, input_ids: torch.LongTensor) -> torch.IntTensor:
+        """`(B, T)` modality of every token as Qwen2.5-VL's `get_rope_index` reads it: 0 text, 1 image placeholder,
+        2 video placeholder. What the processor returns with `return_mm_token_type_ids=True`, derived from the ids, so
+        that inputs without it get the same 3-D vision positions in `forward` and in `generate`."""
+        image = (input_ids == self.config.image_token_id).int()
+        return image + 2 * (input_ids == self.config.video_token_id).int()
+
     def _position_ids(
         self,
         input_ids,
@@ -317,8 +325,7 @@ class MirageModel(Qwen2_5_VLModel):
         has_vision = image_grid_thw is not None or video_grid_thw is not None
         if past_length == 0 and input_ids is not None and has_vision:
             if mm_token_type_ids is None:
-                mm_token_type_ids = (input_ids == self.config.image_token_id).int()
-                mm_token_type_ids = mm_token_type_ids + 2 * (input_ids == self.config.video_token_id).int()
+                mm_token_type_ids = self.mm_token_type_ids(input_ids)
             position_ids, self.rope_deltas = self.get_rope_index(
                 input_ids,
                 mm_token_type_ids=mm_token_type_ids,
@@ -380,6 +387,7 @@ class MirageModel(Qwen2_5_VLModel):
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
+            self._check_vision_inputs(input_ids, pixel_values, pixel_values_videos, mm_encoder_outputs)
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, D)
 
         # Vision tokens: the stock Qwen2.5-VL scatter of image/video features into their placeholder positions.
@@ -493,6 +501,27 @@ class MirageModel(Qwen2_5_VLModel):
             **{_CACHE_FIELD: out_cache},
         )
 
+    def _check_vision_inputs(self, input_ids, pixel_values, pixel_values_videos, mm_encoder_outputs) -> None:
+        """Refuse image/video placeholders with nothing to fill them: they would run as ordinary token embeddings and
+        every later logit would silently differ from the model's. Cached decoding steps hold no placeholders (the
+        prompt's are in the cache; `generate` feeds them as embeddings anyway), so they pass."""
+        encoded = dict(mm_encoder_outputs or {})
+        for kind, token_id, pixels, name in (
+            ("image", self.config.image_token_id, pixel_values, "pixel_values and image_grid_thw"),
+            ("video", self.config.video_token_id, pixel_values_videos, "pixel_values_videos and video_grid_thw"),
+        ):
+            if pixels is not None or encoded.get(kind) is not None:
+                continue
+            placeholders = input_ids == token_id  # (B, T)
+            if bool(placeholders.any()):
+                rows = placeholders.any(dim=1).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"input_ids rows {rows} hold {int(placeholders.sum())} {kind} placeholder token(s) (id {token_id}) "
+                    f"but no {kind} was given: pass the {name} the processor returned for these inputs (or "
+                    f"mm_encoder_outputs['{kind}']), e.g. model(input_ids=out.sequences, latent_embeds=out.latents, "
+                    "**{k: inputs[k] for k in ('pixel_values', 'image_grid_thw')})"
+                )
+
     @staticmethod
     def _hidden_before_pads(hidden, latent_positions, latent_prev_hidden) -> torch.Tensor:
         """`(num_pads, hidden)`: the hidden state at the position before each pad (from `latent_prev_hidden` for a pad
@@ -600,130 +629,15 @@ class MirageModel(Qwen2_5_VLModel):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Generation: per-row latent mode
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class LatentModeLogitsProcessor(LogitsProcessor):
-    """Enforces the latent block protocol row by row during generation.
-
-    A row is in latent mode when its last `<|latent_start|>` has no `<|latent_end|>` after it. In latent mode the next
-    token is forced to `<|latent_pad|>` until the block has `num_tokens` pads, then to `<|latent_end|>` (rule
-    `"fixed"`); with rule `"predicted"` the model chooses between pad and end until `max_tokens` pads. Outside latent
-    mode pads and ends are never produced.
-    """
-
-    def __init__(self, pad_id: int, start_id: int, end_id: int, num_tokens: int, max_tokens: int, rule: str = "fixed"):
-        self.pad_id, self.start_id, self.end_id = pad_id, start_id, end_id
-        self.num_tokens, self.max_tokens, self.rule = num_tokens, max_tokens, rule
-        self._state: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (length, in_block, pads) of the last call
-
-    def block_state(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(in_block (B,), pads_so_far (B,))` for the last position of every row.
-
-        Updated from the newest token when called on the sequence one token longer than last time (every decoding
-        step), recomputed from the whole sequence otherwise.
-        """
-        batch, seq = input_ids.shape
-        state = self._state
-        if state is not None and state[0] == seq - 1 and state[1].shape[0] == batch:
-            last = input_ids[:, -1]
-            opened = last == self.start_id
-            in_block = opened | (state[1] & (last != self.end_id))
-            pads = torch.where(opened, 0, state[2] + (last == self.pad_id).long())
-        else:
-            columns = torch.arange(seq, device=input_ids.device).expand_as(input_ids)
-            last_start = torch.where(input_ids == self.start_id, columns, -1).amax(dim=1)
-            last_end = torch.where(input_ids == self.end_id, columns, -1).amax(dim=1)
-            in_block = last_start > last_end
-            pads = ((input_ids == self.pad_id) & (columns > last_start.unsqueeze(1))).sum(dim=1)
-        pads = torch.where(in_block, pads, 0)
-        self._state = (seq, in_block, pads)
-        return in_block, pads
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        in_block, pads = self.block_state(input_ids)
-        neg = float("-inf")
-        latent_ids = torch.tensor([self.pad_id, self.end_id], device=scores.device)
-        outside = scores.index_fill(1, latent_ids, neg)  # a copy: the caller keeps the raw logits
-        if scores.device.type == "cpu" and not bool(in_block.any()):  # common case; asking is free on the CPU only
-            return outside
-        forced_end = pads >= (self.num_tokens if self.rule == "fixed" else self.max_tokens)
-        forced = torch.full_like(scores, neg)
-        forced_token = torch.where(forced_end, self.end_id, self.pad_id)
-        forced.scatter_(1, forced_token.unsqueeze(1), 0.0)
-        if self.rule == "predicted":
-            # Free choice between another pad and the end (earlier warpers may have pushed both to -inf: then pad).
-            choice = torch.full_like(scores, neg)
-            choice[:, [self.pad_id, self.end_id]] = scores[:, [self.pad_id, self.end_id]]
-            both_masked = (choice[:, [self.pad_id, self.end_id]] <= neg).all(dim=1, keepdim=True)
-            choice = torch.where(both_masked, forced, choice)
-            forced = torch.where(forced_end.unsqueeze(1), forced, choice)
-        return torch.where(in_block.unsqueeze(1), forced, outside)
-
-
-# `LogitsProcessorList` inspects every processor's signature at every step; a precomputed one makes that a lookup.
-LatentModeLogitsProcessor.__call__.__signature__ = inspect.signature(LatentModeLogitsProcessor.__call__)
-
-
-class _LatentTrace:
-    """What `generate` records per row: the latent vector fed at each pad position."""
-
-    def __init__(self):
-        self.rows: list[dict[int, torch.Tensor]] | None = None
-        self.hidden_by_length: dict[int, torch.Tensor] = {}
-        self.steps: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # decoding steps: (position, is_pad, vectors)
-
-    def record(self, outputs, processed_length: int) -> None:
-        """Keep the vectors a forward fed at pads (by absolute position, so a forward without a cache, which refeeds
-        the whole sequence, records nothing twice) and the hidden state a pad chosen next would be fed."""
-        hidden = outputs.final_hidden_state  # (B, D)
-        if self.rows is None:
-            self.rows = [{} for _ in range(hidden.shape[0])]
-        if outputs.latent_positions.shape[0]:  # a shape check: no device synchronisation on decoding steps
-            for (row, position), vector in zip(outputs.latent_positions.tolist(), outputs.latent_inputs.detach()):
-                self.rows[row].setdefault(position, vector)
-        self.hidden_by_length[processed_length] = hidden.detach()
-        for length in [n for n in self.hidden_by_length if n < processed_length - 4]:
-            del self.hidden_by_length[length]
-
-    def record_step(self, position: int, is_pad: torch.Tensor, vectors: torch.Tensor) -> None:
-        """A decoding step fed `vectors` (B, D) to the rows where `is_pad` (B,) at `position`; read back at the end,
-        so that decoding never waits for the device to say which rows were in latent mode."""
-        self.steps.append((position, is_pad, vectors.detach()))
-
-    def _resolve_steps(self) -> None:
-        for position, is_pad, vectors in self.steps:
-            for row in is_pad.nonzero().flatten().tolist():
-                self.rows[row].setdefault(position, vectors[row])
-        self.steps = []
-
-    def per_row(self, sequences: torch.LongTensor, pad_id: int, hidden_size: int, dtype) -> list[torch.Tensor]:
-        """Per-row `(n_r, hidden)` tensors for the pads of `sequences`, in order. A pad chosen at the last step was
-        never fed; its vector is the hidden state of the step that chose it."""
-        self._resolve_steps()
-        latents = []
-        for row, ids in enumerate(sequences):
-            vectors = []
-            for position in (ids == pad_id).nonzero().flatten().tolist():
-                vector = self.rows[row].get(position) if self.rows is not None else None
-                if vector is None:
-                    if position not in self.hidden_by_length:
-                        raise RuntimeError(f"row {row}: no latent vector recorded for the pad at position {position}")
-                    vector = self.hidden_by_length[position][row]
-                vectors.append(vector)
-            latents.append(torch.stack(vectors) if vectors else sequences.new_zeros((0, hidden_size), dtype=dtype))
-        return latents
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Model with LM head
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class MirageForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
+class MirageForConditionalGeneration(MirageGenerationMixin, Qwen2_5_VLForConditionalGeneration):
     """Mirage: Qwen2.5-VL with latent visual tokens. Load with `AutoModel.from_pretrained(..., trust_remote_code=True)`
-    or build from a Qwen2.5-VL checkpoint with [`MirageForConditionalGeneration.from_base`]."""
+    or, with the `mirage-vlm` package installed, build from a Qwen2.5-VL checkpoint with
+    `MirageForConditionalGeneration.from_base` (added by `modeling_mirage/conversion.py`, outside this payload).
+    `generate` and its hooks come from [`MirageGenerationMixin`]."""
 
     config_class = MirageConfig
 
@@ -732,64 +646,7 @@ class MirageForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         Qwen2_5_VLPreTrainedModel.__init__(self, config)
         self.model = MirageModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        self._latent_trace: _LatentTrace | None = None
         self.post_init()
-
-    # ---- conversion -----------------------------------------------------------------------------------------------
-
-    @classmethod
-    def from_base(
-        cls, pretrained_model_name_or_path, latent_num_tokens: int = 4, processor=None, **kwargs
-    ) -> "MirageForConditionalGeneration":
-        """Turn a Qwen2.5-VL checkpoint (folder or Hub id) into a Mirage model.
-
-        `processor` is the matching [`MirageProcessor`] (built with `MirageProcessor.from_base` when not given); its
-        tokenizer fixes the latent token ids. For a stock checkpoint the three new tokens get embedding and LM-head
-        rows set to the mean of the existing rows (the matrices grow only when they have no spare rows); every other
-        weight is kept bit for bit. An official Mirage checkpoint already has the tokens: their trained rows are kept.
-        `kwargs` go to `from_pretrained` (`dtype`, `device_map`, `revision`, ...).
-        """
-        from .processing_mirage import MirageProcessor
-
-        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
-        base_config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        if base_config.model_type not in ("qwen2_5_vl", "mirage"):
-            raise ValueError(
-                f"{pretrained_model_name_or_path!r} is a {base_config.model_type!r} checkpoint; Mirage converts "
-                "Qwen2.5-VL checkpoints (model_type 'qwen2_5_vl')"
-            )
-        if processor is None:
-            processor = MirageProcessor.from_base(pretrained_model_name_or_path, latent_num_tokens, **hub_kwargs)
-        tokenizer = processor.tokenizer
-        vocab = tokenizer.get_vocab()
-        pad_id, start_id, end_id = (vocab[t] for t in LATENT_TOKENS)
-        already_trained = _tokens_in_base(pretrained_model_name_or_path, hub_kwargs)
-
-        config_dict = base_config.to_dict()
-        for key in ("model_type", "auto_map", "architectures", "transformers_version"):
-            config_dict.pop(key, None)
-        config_dict.update(
-            latent_num_tokens=latent_num_tokens,
-            latent_pad_token_id=pad_id,
-            latent_start_token_id=start_id,
-            latent_end_token_id=end_id,
-        )
-        config = MirageConfig(**config_dict)
-        model = cls.from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)
-        if not already_trained:
-            model._init_new_token_rows([pad_id, start_id, end_id], len(tokenizer))
-        return model
-
-    @torch.no_grad()
-    def _init_new_token_rows(self, new_ids: list[int], vocab_size: int) -> None:
-        """Give new token ids embedding and LM-head rows equal to the mean of the rows before them (growing the
-        matrices only if they are too small); all existing rows stay bit-exact."""
-        first_new = min(new_ids)
-        if self.get_input_embeddings().num_embeddings < vocab_size:
-            self.resize_token_embeddings(vocab_size, mean_resizing=False)
-        for weight in (self.get_input_embeddings().weight, self.get_output_embeddings().weight):
-            mean = weight[:first_new].float().mean(dim=0).to(weight.dtype)
-            weight[new_ids] = mean
 
     # ---- forward --------------------------------------------------------------------------------------------------
 
@@ -822,7 +679,7 @@ class MirageForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         Qwen2.5-VL forward with latent pads filled (see [`MirageModel.forward`] for the `latent_*` / `helper_*`
         arguments). `labels` at `<|latent_pad|>` positions are ignored: latent positions carry no token loss.
         """
-        return_dict = kwargs.pop("return_dict", True)
+        return_dict = kwargs.pop("return_dict", None) is not False  # None (as PEFT passes it) means the default: True
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -872,113 +729,6 @@ class MirageForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         )
         return result if return_dict else result.to_tuple()
 
-    # ---- generation -----------------------------------------------------------------------------------------------
-
-    def latent_logits_processor(self) -> LatentModeLogitsProcessor:
-        """The processor `generate` adds to enforce latent blocks (exposed for custom decoding loops)."""
-        c = self.config
-        return LatentModeLogitsProcessor(
-            c.latent_pad_token_id,
-            c.latent_start_token_id,
-            c.latent_end_token_id,
-            c.latent_num_tokens,
-            c.latent_max_tokens,
-            c.latent_end_rule,
-        )
-
-    def generate(self, inputs=None, generation_config=None, logits_processor=None, **kwargs):
-        """`GenerationMixin.generate` with per-row latent mode.
-
-        Every row decodes text until it produces `<|latent_start|>`; from then on each step feeds the row's own last
-        hidden state and records `<|latent_pad|>`, until `<|latent_end|>` (after `latent_num_tokens` pads, or as the
-        model predicts with `config.latent_end_rule="predicted"`). Rows enter and leave latent mode independently and
-        the KV cache is used throughout. Greedy and sampling decoding, logits processors, stopping criteria,
-        streamers, `num_return_sequences` and `return_dict_in_generate` (scores, logits) all work; with
-        `return_dict_in_generate=True` the output also has `latents`: per row, the `(n_r, hidden)` vectors fed at that
-        row's pad positions, prompt included, which `forward(sequences, latent_embeds=latents)` replays exactly.
-        Beam search, assisted/speculative decoding and prompt lookup are not supported (a `ValueError` says so).
-        """
-        config = generation_config if generation_config is not None else self.generation_config
-        for name, unsupported in (
-            ("num_beams", lambda v: v is not None and v > 1),
-            ("assistant_model", lambda v: v is not None),
-            ("prompt_lookup_num_tokens", lambda v: v is not None),
-        ):
-            value = kwargs.get(name, getattr(config, name, None))
-            if unsupported(value):
-                raise ValueError(
-                    f"Mirage generation does not support {name}={value!r}: latent steps feed hidden states, which "
-                    "beam search and assisted decoding cannot reorder or verify; use greedy or sampling"
-                )
-        processors = LogitsProcessorList([self.latent_logits_processor()])
-        if logits_processor is not None:
-            processors.extend(logits_processor)
-        self._latent_trace = _LatentTrace()
-        try:
-            output = super().generate(
-                inputs, generation_config=generation_config, logits_processor=processors, **kwargs
-            )
-            if not isinstance(output, torch.Tensor):
-                latents = self._latent_trace.per_row(
-                    output.sequences, self.config.latent_pad_token_id, self.config.text_config.hidden_size, self.dtype
-                )
-                output = MirageGenerateOutput(**output, latents=latents)
-        finally:
-            self._latent_trace = None
-        return output
-
-    def prepare_inputs_for_generation(self, input_ids, *args, latent_prev_hidden=None, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
-        ids = model_inputs.get("input_ids")
-        cache = model_inputs.get("cache", model_inputs.get("past_key_values"))
-        if latent_prev_hidden is None or ids is None or ids.shape[1] != 1 or cache is None:
-            model_inputs["latent_prev_hidden"] = latent_prev_hidden
-            return model_inputs
-        # A decoding step: rows whose new token is a pad are fed the hidden state before it, the others their token
-        # embedding; chosen on the device, so the step never waits to learn which rows are in latent mode.
-        is_pad = ids == self.config.latent_pad_token_id  # (B, 1)
-        embeds = self.get_input_embeddings()(ids)  # (B, 1, D)
-        model_inputs["inputs_embeds"] = torch.where(is_pad.unsqueeze(-1), latent_prev_hidden.unsqueeze(1), embeds)
-        model_inputs["input_ids"] = None
-        if self._latent_trace is not None:
-            self._latent_trace.record_step(cache.get_seq_length(), is_pad[:, 0], latent_prev_hidden)
-        return model_inputs
-
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
-        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
-        # The next step may be a latent step: it will be fed this hidden state (rows that emit a pad only).
-        model_kwargs["latent_prev_hidden"] = outputs.final_hidden_state
-        if self._latent_trace is not None:
-            # How many positions the model has processed so far: the cache length, or without a cache the length
-            # of the position ids (or mask), which the parent just extended by this step's token.
-            cache = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
-            if cache is not None:
-                length = cache.get_seq_length()
-            else:
-                tracked = model_kwargs.get("position_ids")
-                tracked = tracked if tracked is not None else model_kwargs["attention_mask"]
-                length = tracked.shape[-1] - 1
-            self._latent_trace.record(outputs, length)
-        return model_kwargs
-
-
-@dataclass
-class MirageGenerateOutput(GenerateDecoderOnlyOutput):
-    """`GenerateDecoderOnlyOutput` plus `latents`: per row, the `(n_r, hidden)` vectors fed at its latent pads."""
-
-    latents: list[torch.Tensor] | None = None
-
-
-def _tokens_in_base(path, hub_kwargs) -> bool:
-    """Whether the checkpoint's own tokenizer already has the latent tokens (an official Mirage checkpoint)."""
-    from transformers import AutoTokenizer
-
-    try:
-        vocab = AutoTokenizer.from_pretrained(path, **hub_kwargs).get_vocab()
-    except (OSError, ValueError):
-        return False
-    return all(t in vocab for t in LATENT_TOKENS)
-
 
 # `generate` inspects the forward signature of registered (remote-code) models at every step; precompute it.
 MirageForConditionalGeneration.forward.__signature__ = inspect.signature(MirageForConditionalGeneration.forward)
@@ -986,4 +736,4 @@ MirageForConditionalGeneration.forward.__signature__ = inspect.signature(MirageF
 MirageConfig.register_for_auto_class("AutoConfig")
 MirageForConditionalGeneration.register_for_auto_class("AutoModel")
 
-__all__ = ["MirageForConditionalGeneration", "MirageModel", "LatentModeLogitsProcessor", "MirageGenerateOutput"]
+__all__ = ["MirageForConditionalGeneration", "MirageModel"]

@@ -1,5 +1,6 @@
 """Conversion from Qwen2.5-VL checkpoints, save/load, and Hub remote-code loading in a fresh process."""
 
+import ast
 import json
 import os
 import subprocess
@@ -10,9 +11,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2Config
+from transformers.dynamic_module_utils import get_relative_import_files, get_relative_imports
 
+import modeling_mirage
 from mirage_tiny import tiny_base_path
-from modeling_mirage import LATENT_TOKENS, MirageForConditionalGeneration, MirageProcessor
+from modeling_mirage import LATENT_TOKENS, MirageForConditionalGeneration, MirageProcessor, conversion
+from trainers.model_setup import REMOTE_CODE_FILES
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +75,8 @@ def test_saved_mirage_folder_reloads_exactly_and_holds_only_safetensors(converte
     processor.save_pretrained(tmp_path)
     files = sorted(os.listdir(tmp_path))
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
-    for name in ("configuration_mirage.py", "modeling_mirage.py", "processing_mirage.py"):
-        assert name in files
+    # the remote code: exactly the payload files, generation included; conversion never travels
+    assert [f for f in files if f.endswith(".py")] == list(PAYLOAD_FILES)
     # the weights keep the Qwen2.5-VL Hub names, as official checkpoints do
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
         keys = set(f.keys())
@@ -91,6 +95,46 @@ def test_saved_mirage_folder_reloads_exactly_and_holds_only_safetensors(converte
         assert torch.equal(reloaded.state_dict()[name], tensor), name
 
 
+PAYLOAD_FILES = ("configuration_mirage.py", "generation_mirage.py", "modeling_mirage.py", "processing_mirage.py")
+
+
+def test_payload_files_import_only_torch_transformers_the_standard_library_and_each_other(converted, tmp_path):
+    model, processor = converted
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    saved = sorted(p.name for p in tmp_path.glob("*.py"))
+    assert saved == list(PAYLOAD_FILES) == sorted(REMOTE_CODE_FILES)
+    siblings = {name[: -len(".py")] for name in saved}
+    for name in saved:
+        tree = ast.parse((tmp_path / name).read_text())
+        for node in ast.walk(tree):  # every import, also inside functions and try blocks
+            if isinstance(node, ast.Import):
+                tops = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                tops = [node.module.split(".")[0]]
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 1 and node.module in siblings, f"{name}:{node.lineno} imports .{node.module}"
+                continue
+            else:
+                continue
+            for top in tops:
+                assert top in ("torch", "transformers") or top in sys.stdlib_module_names, (
+                    f"{name}:{node.lineno} {top}"
+                )
+    # transformers decides what travels by a regex over the whole text: the conversion module is never named
+    package = Path(modeling_mirage.__file__).parent
+    travelling = {Path(f).name for f in get_relative_import_files(package / "modeling_mirage.py")}
+    assert travelling == {"configuration_mirage.py", "generation_mirage.py"}
+    for name in PAYLOAD_FILES:
+        assert "conversion" not in get_relative_imports(package / name), name
+
+
+def test_from_base_is_the_conversion_module_s_class_method():
+    # the package attaches it; the class loaded as remote code has none (see the fresh-process test)
+    assert MirageForConditionalGeneration.from_base.__func__ is conversion.from_base
+    assert MirageForConditionalGeneration.from_base.__self__ is MirageForConditionalGeneration
+
+
 REMOTE_SCRIPT = """
 import json, sys, torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
@@ -100,10 +144,13 @@ result = {}
 config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
 result["classes"] = [type(config).__module__, type(processor).__module__]
+result["from_base"] = []
 result["processor"] = [type(processor).__name__, processor.latent_num_tokens]
 for auto in (AutoModel, AutoModelForImageTextToText):
     model = auto.from_pretrained(folder, trust_remote_code=True).eval()
     result["classes"].append(type(model).__module__)
+    result["classes"] += [c.__module__ for c in type(model).__mro__ if c.__name__ == "MirageGenerationMixin"]
+    result["from_base"].append(hasattr(type(model), "from_base"))
     with torch.no_grad():
         logits = model(**inputs).logits
     result[auto.__name__] = (logits - torch.load(folder + "/logits.pt")).abs().max().item()
@@ -154,6 +201,9 @@ def test_remote_code_load_in_a_fresh_process_gives_identical_logits_and_generati
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert all(module.startswith("transformers_modules.") for module in result["classes"]), result["classes"]
+    # the generation file travelled and runs from the folder; conversion stays with the local package
+    assert [m.rsplit(".", 1)[-1] for m in result["classes"][-2:]] == ["modeling_mirage", "generation_mirage"]
+    assert result["from_base"] == [False, False]
     assert result["processor"] == ["MirageProcessor", processor.latent_num_tokens]
     assert result["AutoModel"] == 0.0 and result["AutoModelForImageTextToText"] == 0.0
     assert result["sequences"] == local.sequences.tolist()
@@ -229,3 +279,36 @@ def test_processor_without_latent_tokens_points_to_from_base(base_dir):
 def test_model_from_base_on_a_missing_folder_names_it():
     with pytest.raises(OSError):
         MirageForConditionalGeneration.from_base(str(Path("/nonexistent/qwen")), local_files_only=True)
+
+
+# ---- k agreement between the model and its processor -----------------------------------------------------------------
+
+
+def test_from_base_refuses_a_k_the_processor_does_not_write(base_dir):
+    processor = MirageProcessor.from_base(base_dir, latent_num_tokens=4)
+    with pytest.raises(ValueError, match=r"latent_num_tokens=8 but the processor writes latent blocks of latent_num_"):
+        MirageForConditionalGeneration.from_base(base_dir, latent_num_tokens=8, processor=processor)
+
+
+def test_from_base_takes_k_from_the_processor_or_the_argument(base_dir):
+    processor = MirageProcessor.from_base(base_dir, latent_num_tokens=6)
+    assert MirageForConditionalGeneration.from_base(base_dir, processor=processor).config.latent_num_tokens == 6
+    agreed = MirageForConditionalGeneration.from_base(base_dir, latent_num_tokens=6, processor=processor)
+    assert agreed.config.latent_num_tokens == 6
+    alone = MirageForConditionalGeneration.from_base(base_dir, latent_num_tokens=2)
+    assert alone.config.latent_num_tokens == 2
+    assert MirageForConditionalGeneration.from_base(base_dir).config.latent_num_tokens == 4
+
+
+def test_derived_mm_token_type_ids_equal_what_the_processor_returns(converted):
+    model, processor = converted
+    from PIL import Image
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Plan the moves."}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(
+        text=[text], images=[Image.new("RGB", (112, 84))], return_tensors="pt", return_mm_token_type_ids=True
+    )
+    derived = model.model.mm_token_type_ids(inputs["input_ids"])
+    assert int(derived.sum()) == int((inputs["input_ids"] == model.config.image_token_id).sum()) > 0
+    assert torch.equal(derived.long(), inputs["mm_token_type_ids"].long())

@@ -325,3 +325,203 @@ def test_text_streamer_shows_latent_blocks(capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("<|latent_pad|>" * 4 + "<|latent_end|>")
     assert out[0, ids.shape[1] :].tolist()[:5] == [processor.latent_pad_token_id] * 4 + [processor.latent_end_token_id]
+
+
+# ---- exact replay with images: generate derives the vision positions forward derives -----------------------------
+
+
+def replay_logits(model, out, mask, extra):
+    """Logits of `forward` on the generated sequences with the recorded latents, at the positions whose next token
+    generation chose: `(B, steps, V)`."""
+    steps = out.sequences.shape[1] - mask.shape[1]
+    full_mask = torch.cat([mask, torch.ones(mask.shape[0], steps, dtype=mask.dtype)], dim=1)
+    with torch.no_grad():
+        replay = model(input_ids=out.sequences, attention_mask=full_mask, latent_embeds=out.latents, **extra)
+    return replay.logits[:, mask.shape[1] - 1 : -1]
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_generate_with_images_but_no_mm_token_type_ids_replays_exactly(model, do_sample):
+    pixels, thw = random_pixels(GRIDS, seed=11)
+    ids, mask = pad_batch(PROMPTS, side="left")
+    torch.manual_seed(5)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values=pixels,
+        image_grid_thw=thw,
+        logits_processor=LogitsProcessorList([ForceAt(PLAN), no_early_stop()]),
+        max_new_tokens=16,
+        do_sample=do_sample,
+        return_dict_in_generate=True,
+        output_logits=True,
+        output_scores=True,
+    )
+    assert any(LPAD in row for row in out.sequences.tolist())
+    replay = replay_logits(model, out, mask, dict(pixel_values=pixels, image_grid_thw=thw))
+    seen = torch.stack(out.logits, dim=1)  # (B, steps, V)
+    assert (replay - seen).abs().max().item() <= 1e-5
+    # at the free (text) steps the scores generation chose from are these logits with the latent tokens masked
+    scores = torch.stack(out.scores, dim=1)  # (B, steps, V)
+    finite = torch.isfinite(scores)
+    free = finite.sum(dim=-1, keepdim=True) > 1  # forced steps (a block's pads and end, ForceAt) keep one token
+    assert free.sum() > 10
+    if not do_sample:  # no warper rescales them
+        compared = finite & free
+        assert (scores[compared] - replay[compared]).abs().max().item() <= 1e-5
+    # and they are the logits of the same generation given mm_token_type_ids explicitly (3-D vision positions)
+    torch.manual_seed(5)
+    explicit = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values=pixels,
+        image_grid_thw=thw,
+        mm_token_type_ids=(ids == IMAGE).int(),
+        logits_processor=LogitsProcessorList([ForceAt(PLAN), no_early_stop()]),
+        max_new_tokens=16,
+        do_sample=do_sample,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
+    assert torch.equal(explicit.sequences, out.sequences)
+    assert (torch.stack(explicit.logits, dim=1) - seen).abs().max().item() <= 1e-6
+
+
+def test_a_forward_with_image_placeholders_but_no_pixels_names_what_to_pass(model):
+    ids, mask = pad_batch(PROMPTS, side="left")
+    with pytest.raises(ValueError, match=r"input_ids rows \[0, 2\] hold 10 image placeholder token\(s\).*pass the "):
+        model(input_ids=ids, attention_mask=mask)
+    # decoding with the cache feeds no placeholder again: generation runs, and a text-only forward is untouched
+    pixels, thw = random_pixels(GRIDS, seed=11)
+    out, _, _, _ = generate(model, PROMPTS, pixels, thw, max_new_tokens=4)
+    assert out.sequences.shape[1] == ids.shape[1] + 4
+    text_ids, text_mask = pad_batch([PROMPTS[1], PROMPTS[3]], side="left")
+    with torch.no_grad():
+        assert model(input_ids=text_ids, attention_mask=text_mask).logits.shape[:2] == text_ids.shape
+
+
+# ---- the official end rule -------------------------------------------------------------------------------------
+
+
+class Boost(LogitsProcessor):
+    """Adds `amount` to `token`'s logit for the rows inside a latent block (after `after` pads, when given)."""
+
+    def __init__(self, token, amount=100.0, after=0):
+        self.token, self.amount, self.after = token, amount, after
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        for r, ids in enumerate(input_ids.tolist()):
+            if LSTART in ids:
+                start = len(ids) - 1 - ids[::-1].index(LSTART)
+                tail = ids[start + 1 :]
+                if LEND not in tail and len(tail) >= self.after:
+                    scores[r, self.token] += self.amount
+        return scores
+
+
+def official_model(cap=5):
+    return tiny_model(seed=1, latent_end_rule="official", latent_max_tokens=cap)
+
+
+def test_official_rule_records_a_pad_where_another_token_wins_and_closes_at_the_cap():
+    model = official_model(cap=5)
+    ids = torch.tensor([[5, 6, LSTART]])
+    out = model.generate(
+        input_ids=ids,
+        max_new_tokens=8,
+        do_sample=False,
+        logits_processor=[Boost(40)],
+        output_logits=True,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    assert out.sequences[0, 3:9].tolist() == [LPAD] * 5 + [LEND]
+    for step in range(5):
+        # token 40 was the choice among all tokens; the pad took its place, with its score
+        finite = torch.isfinite(out.scores[step][0]).nonzero().flatten().tolist()
+        assert finite == [LPAD, LEND]
+        assert torch.equal(out.scores[step][0, LPAD], out.logits[step][0, 40] + 100.0)
+    # the sixth step is forced to the end by the cap
+    assert torch.isfinite(out.scores[5][0]).nonzero().flatten().tolist() == [LEND]
+
+
+def test_official_rule_ends_the_block_when_the_end_is_chosen():
+    model = official_model(cap=8)
+    ids = torch.tensor([[5, 6, LSTART]])
+    out = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, logits_processor=[Boost(LEND, after=2)])
+    assert out[0, 3:6].tolist() == [LPAD, LPAD, LEND]
+    at_once = model.generate(input_ids=ids, max_new_tokens=2, do_sample=False, logits_processor=[Boost(LEND)])
+    assert at_once[0, 3].item() == LEND
+
+
+def test_official_rule_samples_the_end_with_the_probability_of_the_warped_distribution():
+    model = official_model(cap=8)
+    processor = model.latent_logits_processor()
+    late = processor.late_stage(do_sample=True)
+    greedy = processor.late_stage(do_sample=False)
+    assert model.config.latent_end_rule == "official" and late is not None
+    input_ids = torch.tensor([[5, LSTART, LPAD], [5, 6, 7]])  # row 0 in a block, row 1 outside
+    generator = torch.Generator().manual_seed(0)
+    raw = torch.randn(2, 128, generator=generator)
+    raw[0, LEND] = raw[0].max() - 0.1  # the end is not the arg-max: greedy gives a pad
+    early = processor(input_ids, raw)
+    assert torch.equal(early[0], raw[0])  # below the cap the model chooses among all tokens
+    warped = early / 0.7  # a temperature warper between the two stages
+    collapsed = late(input_ids, warped)
+    probs = collapsed[0].softmax(-1)
+    p_end = warped[0].softmax(-1)[LEND]
+    assert torch.allclose(probs[LEND], p_end, atol=1e-6) and torch.allclose(probs[LPAD], 1 - p_end, atol=1e-6)
+    assert torch.isfinite(collapsed[0]).sum().item() == 2
+    assert torch.equal(collapsed[1], warped[1])  # rows outside a block are untouched
+    assert int(greedy(input_ids, warped)[0].argmax()) == LPAD
+    warped[0, LEND] = warped[0].max() + 1.0
+    assert int(greedy(input_ids, warped)[0].argmax()) == LEND
+    # at the cap the end is forced in the first stage and left alone by the second
+    full = torch.tensor([[5, LSTART] + [LPAD] * 8])
+    forced = late(full, processor(full, raw[:1]))
+    assert torch.isfinite(forced[0]).nonzero().flatten().tolist() == [LEND]
+
+
+def test_official_rule_replays_exactly_with_images_and_sampling():
+    model = official_model(cap=4)
+    pixels, thw = random_pixels(GRIDS, seed=11)
+    ids, mask = pad_batch(PROMPTS, side="left")
+    torch.manual_seed(9)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values=pixels,
+        image_grid_thw=thw,
+        logits_processor=LogitsProcessorList([ForceAt(PLAN), no_early_stop()]),
+        max_new_tokens=16,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.9,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
+    pads = [row.count(LPAD) for row in out.sequences.tolist()]
+    assert sum(pads) > 0 and [len(latent) for latent in out.latents] == pads
+    replay = replay_logits(model, out, mask, dict(pixel_values=pixels, image_grid_thw=thw))
+    assert (replay - torch.stack(out.logits, dim=1)).abs().max().item() <= 1e-5
+
+
+def test_every_generation_hook_overrides_a_method_of_the_stock_class():
+    from modeling_mirage import MirageForConditionalGeneration
+    from modeling_mirage.generation_mirage import MirageGenerationMixin
+
+    hooks = [name for name, value in vars(MirageGenerationMixin).items() if callable(value) and name != "__init__"]
+    assert {"generate", "_get_logits_processor", "_prepare_position_ids_for_generation"} <= set(hooks)
+    for name in hooks:
+        if name != "latent_logits_processor":  # Mirage's own
+            assert hasattr(Qwen2_5_VLForConditionalGeneration, name), name
+        assert getattr(MirageForConditionalGeneration, name) is getattr(MirageGenerationMixin, name), name
+
+
+def test_latent_fields_set_after_loading_are_checked_when_generating():
+    model = tiny_model(seed=1)
+    model.config.latent_end_rule = "official"
+    model.config.latent_max_tokens = 2  # below latent_num_tokens = 3
+    with pytest.raises(ValueError, match=r"latent_max_tokens \(2\) must be >= latent_num_tokens \(3\)"):
+        model.generate(input_ids=torch.tensor([[8, 9]]), max_new_tokens=2)

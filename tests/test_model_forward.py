@@ -337,3 +337,11 @@ def test_trl_fused_lm_head_goes_through_the_backbone_that_fills_latents():
     assert (fused.log_probs - expected).abs().max().item() <= 1e-5
     assert (replayed.log_probs - expected).abs().max().item() <= 1e-5
     assert (other.log_probs - expected).abs().max().item() > 1e-3  # the latents really are used
+
+
+def test_return_dict_none_means_an_output_object_and_false_a_tuple(model):
+    ids, mask = pad_batch([[5, 6, *BLOCK, 7]])
+    with torch.no_grad():
+        default = model(input_ids=ids, attention_mask=mask, return_dict=None)  # what PEFT passes
+        plain = model(input_ids=ids, attention_mask=mask, return_dict=False)
+    assert torch.equal(default.logits, plain[0])

@@ -12,6 +12,7 @@ import mirage_tasks
 from hub_cards import render_dataset_card
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures" / "official"
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +30,10 @@ def _args(out, *extra):
             "--levels", "3-4", "--seed", "3", "--output-dir", str(out), *extra]  # fmt: skip
 
 
-def test_cli_writes_hub_layout_with_card_and_is_deterministic(make_dataset, tmp_path, capsys):
+def test_cli_writes_hub_layout_with_card_and_is_deterministic(make_dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MIRAGE_OFFICIAL_DATA", raising=False)  # as in a user's clone: the shipped test maps
     splits = make_dataset.main(_args(tmp_path / "a", "--write-official"))
-    assert "excluding the 400 official test maps" in capsys.readouterr().err
+    assert "excluding the 400 official test maps of the copy shipped with mirage_tasks" in capsys.readouterr().err
     again = make_dataset.main(_args(tmp_path / "b"))
     for name in ("train", "test"):
         assert splits[name]["map_desc"] == again[name]["map_desc"]
@@ -54,9 +56,20 @@ def test_cli_writes_hub_layout_with_card_and_is_deterministic(make_dataset, tmp_
     assert loaded["train"][0]["helper_images"][0].size == loaded["train"][0]["images"][0].size
 
 
-def test_cli_exclusion_can_be_turned_off_and_rejects_bad_choices(make_dataset, tmp_path, capsys):
+def test_cli_exclusion_can_be_turned_off_or_read_from_official_data(make_dataset, tmp_path, capsys, monkeypatch):
     make_dataset.main(_args(tmp_path / "c", "--exclude-official", "none"))
     assert "not excluding" in capsys.readouterr().err
+    monkeypatch.setenv("MIRAGE_OFFICIAL_DATA", str(tmp_path / "absent"))  # an explicit path wins over the variable
+    for given in (FIXTURES, FIXTURES / "vsp_spatial_planning_test" / "test_direct.jsonl"):
+        make_dataset.main(_args(tmp_path / "e", "--exclude-official", str(given)))
+        assert f"excluding the 5 official test maps of {FIXTURES}/vsp_spatial_planning_test" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'absent'} \\(from \\$MIRAGE_OFFICIAL_DATA\\) not found"):
+        make_dataset.main(_args(tmp_path / "f"))
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nowhere'} \\(given as argument\\) not found"):
+        make_dataset.main(_args(tmp_path / "f", "--exclude-official", str(tmp_path / "nowhere")))
+
+
+def test_cli_rejects_bad_choices(make_dataset, tmp_path):
     with pytest.raises(SystemExit):
         make_dataset.main(["--task", "maze", "--variant", "direct", "--output-dir", str(tmp_path)])
     with pytest.raises(mirage_tasks.LevelError, match="levels must lie in 3-8"):

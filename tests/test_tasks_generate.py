@@ -189,3 +189,15 @@ def test_vocabulary_corpus_is_fast_deterministic_and_covers_generated_text():
                 missing = {w for w in re.findall(r"\S+", mirage_tasks.completion_text(row)) if w not in words}
                 # a planning answer is a fresh move string; every other token appears verbatim in the corpus
                 assert all(re.fullmatch(r"\\boxed\{[LRUD]+\}\.", w) for w in missing), missing
+
+
+def test_a_clause_holding_the_latent_placeholder_is_a_data_error():
+    from mirage_tasks.dataset import to_row
+    from mirage_tasks.sample import Sample
+
+    image = render_map([[1, 0], [0, 2]])
+    sample = Sample("k", "<image>{suffix}", image, lambda: image, [f"see {LATENT_PLACEHOLDER}"], [], "DR", 2)
+    assert to_row(sample, "vsp_planning", "direct", "x")["helper_images"] == []  # the clause is not written
+    for variant, counts in [("cot", "1 <output_image> placeholders for 0"), ("mirage-cot", "2 <output_image> placeholders for 1")]:  # fmt: skip
+        with pytest.raises(mirage_tasks.TaskDataError, match=f"row x field 'completion': {counts} helper images"):
+            to_row(sample, "vsp_planning", variant, "x")

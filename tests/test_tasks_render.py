@@ -1,16 +1,29 @@
 """Rendering: the fast tile renderer equals gymnasium 0.29.1 and the official PNGs pixel for pixel."""
 
 import json
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mirage_tasks.official import PLANNING_TEST, REASONING_SAMPLES, official_data_root, resolve_image_path
+import mirage_tasks
+from mirage_tasks import TaskDataError
+from mirage_tasks.official import (
+    OFFICIAL_ENV,
+    PLANNING_TEST,
+    REASONING_SAMPLES,
+    resolve_image_path,
+    shipped_planning_records,
+)
 from mirage_tasks.vsp import (
     draw_path,
     map_from_image,
+    map_from_key,
+    map_key,
+    parse_moves,
     random_map,
     render_array,
     render_map,
@@ -21,28 +34,54 @@ from mirage_tasks.vsp import (
     validate_map_desc,
 )
 
-
-@pytest.fixture(scope="module")
-def official_root():
-    # Fails (does not skip) when the official data is missing: CI keeps it beside the repository.
-    return official_data_root()
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures" / "official"
 
 
 def _official_rows(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_every_official_test_map_renders_pixel_exact(official_root):
-    rows = _official_rows(official_root / PLANNING_TEST)
-    assert len(rows) == 400
-    folder = (official_root / PLANNING_TEST).parent
+def _mismatched_pictures(jsonl):
+    """The official planning pictures of ``jsonl`` that differ from our render of their map (by image path)."""
+    rows = _official_rows(jsonl)
     mismatched = []
     for i, row in enumerate(rows):
-        path = resolve_image_path(row["image_input"], folder, row=i, field="image_input")
+        path = resolve_image_path(row["image_input"], jsonl.parent, row=i, field="image_input")
         official = np.asarray(Image.open(path).convert("RGB"))
         if not np.array_equal(official, np.asarray(render_map(row["map_desc"]))):
             mismatched.append(row["image_input"])
+    return rows, mismatched
+
+
+def test_official_test_pictures_render_pixel_exact():
+    rows, mismatched = _mismatched_pictures(FIXTURES / PLANNING_TEST)
+    assert sorted(len(r["map_desc"]) for r in rows) == [3, 4, 5, 5, 6]
     assert mismatched == []
+
+
+def _full_official_folder():
+    """The complete official data folder where this workspace has one ($MIRAGE_OFFICIAL_DATA, else ../shared beside
+    the repository); ``None`` elsewhere (a user's clone)."""
+    for candidate in (os.environ.get(OFFICIAL_ENV), REPO.parent / "shared" / "data" / "official"):
+        if candidate and (Path(candidate) / PLANNING_TEST).is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.mark.skipif(_full_official_folder() is None, reason="the complete official data folder is not here")
+def test_every_official_test_picture_renders_pixel_exact_and_the_shipped_copy_is_complete(monkeypatch):
+    """The one test that reads the complete official folder (the fixtures hold five of its 400 rows)."""
+    folder = _full_official_folder()
+    rows, mismatched = _mismatched_pictures(folder / PLANNING_TEST)
+    assert len(rows) == 400 and mismatched == []
+    assert shipped_planning_records() == rows
+    from_folder = mirage_tasks.load_official_planning_test(folder)
+    monkeypatch.delenv(OFFICIAL_ENV, raising=False)
+    shipped = mirage_tasks.load_official_planning_test()
+    for a, b in zip(from_folder, shipped, strict=True):
+        assert {k: v for k, v in a.items() if k != "images"} == {k: v for k, v in b.items() if k != "images"}
+        assert np.array_equal(np.asarray(a["images"][0]), np.asarray(b["images"][0]))
 
 
 def test_fast_renderer_equals_gymnasium_on_random_states():
@@ -74,9 +113,9 @@ def test_picture_size_follows_gymnasium_window():
         assert render_array(random_map(random.Random(side), side)).shape == (64 * side, 64 * side, 3)
 
 
-def test_official_reasoning_step_images_are_our_renders(official_root):
+def test_official_reasoning_step_images_are_our_renders():
     """Every map_NxN_step_k.png of the official samples is the state after k moves of the plan, as we draw it."""
-    path = official_root / REASONING_SAMPLES
+    path = FIXTURES / REASONING_SAMPLES
     checked = 0
     for i, row in enumerate(_official_rows(path)):
         first = resolve_image_path(row["image_input"], path.parent, row=i, field="image_input")
@@ -84,13 +123,13 @@ def test_official_reasoning_step_images_are_our_renders(official_root):
         assert map_desc is not None
         grid = validate_map_desc(map_desc)
         plan = row["text_input"].split("Full Action Plan: ")[1].split("\n")[0]
-        steps = trace_plan(grid, "".join(word[0] for word in plan.split(", ")))
+        steps = trace_plan(grid, parse_moves(plan))
         for k in range(len(steps) + 1):
             step_file = first.with_name(first.name.replace("step_0", f"step_{k}"))
             official = np.asarray(Image.open(step_file).convert("RGB"))
             assert np.array_equal(official, np.asarray(render_state(grid, steps, k))), (step_file, k)
             checked += 1
-    assert checked >= 40
+    assert checked == 8  # two samples of three moves each, plus their starting pictures
 
 
 def test_map_from_image_inverts_rendering_and_rejects_other_pictures():
@@ -128,3 +167,14 @@ def test_planning_helper_draws_red_arrows_only_on_the_path():
     path_cells = {(0, 0)} | {s.cell for s in trace_plan(grid, moves)}
     touched = {(int(y) // 64, int(x) // 64) for y, x in changed}
     assert touched <= path_cells and len(touched) == len(path_cells)
+
+
+def test_map_key_round_trips_and_bad_keys_name_the_letter():
+    rng = random.Random(5)
+    for side in range(3, 9):
+        map_desc = random_map(rng, side)
+        assert map_from_key(map_key(map_desc)) == map_desc
+    with pytest.raises(TaskDataError, match="row 7 field 'map': unknown map letters X in 'SFX/FFG'"):
+        map_from_key("SFX/FFG", row=7)
+    with pytest.raises(TaskDataError, match="field 'map': expected exactly one goal"):
+        map_from_key("SFF/FFF")

@@ -7,10 +7,10 @@ import pytest
 import mirage_tasks
 from mirage_tasks.errors import TaskDataError
 from mirage_tasks.verifiers import (
-    jigsaw_reasoning_errors,
-    planning_reasoning_errors,
-    reasoning_reasoning_errors,
+    jigsaw_trace_errors,
+    planning_trace_errors,
     row_errors,
+    spatial_reasoning_trace_errors,
 )
 from mirage_tasks.vsp import parse_moves, random_map
 
@@ -134,35 +134,35 @@ def _completion(task, variant, seed=0):
 
 def test_planning_reasoning_check_catches_each_kind_of_mistake():
     row, text = _completion("vsp_planning", "cot")
-    assert planning_reasoning_errors(text, row["map_desc"]) == []
+    assert planning_trace_errors(text, row["map_desc"]) == []
     first_move = text.split("). ")[1].split(" to ")[0]  # e.g. "D"
     wrong_start = text.replace("Start (", "Start (7", 1)
     wrong_cell = text.replace(f"{first_move} to (", f"{first_move} to (9", 1)
     wrong_box = text.replace(f"\\boxed{{{row['answer']}", "\\boxed{" + row["answer"][:-1])
     no_end = text.replace(" Goal reached.", "")
     for bad in (wrong_start, wrong_cell, wrong_box, no_end):
-        assert planning_reasoning_errors(bad, row["map_desc"]), bad
+        assert planning_trace_errors(bad, row["map_desc"]), bad
 
 
-def test_reasoning_reasoning_check_catches_each_kind_of_mistake():
+def test_spatial_reasoning_trace_check_catches_each_kind_of_mistake():
     for seed in range(3):
         row, text = _completion("vsp_reasoning", "cot", seed)
-        assert reasoning_reasoning_errors(text, row["map_desc"], row["plan"]) == []
+        assert spatial_reasoning_trace_errors(text, row["map_desc"], row["plan"]) == []
         for old, new in [(" ice.", " hole."), (" to (", " to (9"), ("\\boxed{", "\\boxed{Z")]:
             if old in text:
-                assert reasoning_reasoning_errors(text.replace(old, new, 1), row["map_desc"], row["plan"])
+                assert spatial_reasoning_trace_errors(text.replace(old, new, 1), row["map_desc"], row["plan"])
         wrong_end = text
         for end in ("Ends on the goal.", "Fell in a hole.", "Safe, not at the goal."):
             wrong_end = wrong_end.replace(end, "Ends nowhere.")
-        assert reasoning_reasoning_errors(wrong_end, row["map_desc"], row["plan"])
+        assert spatial_reasoning_trace_errors(wrong_end, row["map_desc"], row["plan"])
 
 
 def test_jigsaw_reasoning_check_catches_a_wrong_pick():
     row, text = _completion("jigsaw", "cot")
-    assert jigsaw_reasoning_errors(text, row["answer"]) == []
+    assert jigsaw_trace_errors(text, row["answer"]) == []
     other = "B" if row["answer"] == "A" else "A"
-    assert jigsaw_reasoning_errors(text.replace(f"{row['answer']} fits.", f"{other} fits."), row["answer"])
-    assert jigsaw_reasoning_errors(text, other)
+    assert jigsaw_trace_errors(text.replace(f"{row['answer']} fits.", f"{other} fits."), row["answer"])
+    assert jigsaw_trace_errors(text, other)
 
 
 def test_row_errors_flags_placeholder_mismatch_and_wrong_answers():

@@ -65,7 +65,7 @@ def test_lora_stage2_with_gradient_checkpointing(tiny_mirage_dir, dataset, tmp_p
     model, processor = load(tiny_mirage_dir)
     trainer = MirageSFTTrainer(
         model=model,
-        args=fast_args(tmp_path, latent_stage=2, max_steps=2, gradient_checkpointing=True),
+        args=fast_args(tmp_path, latent_stage=2, max_steps=2, activation_checkpointing=True),
         train_dataset=dataset,
         processing_class=processor,
         peft_config=language_model_lora_config(r=4, lora_alpha=8, lora_dropout=0.0),
@@ -94,7 +94,14 @@ def test_resumed_run_ends_with_the_same_weights(tiny_mirage_dir, dataset, tmp_pa
 
 
 # Methods the trainer adds (not overrides): none of them may shadow something of the TRL/transformers parent.
-OWN_METHODS = {"_backbone", "_capture_output", "_check_latent_settings", "_prepare_rows", "_stage1_latent_loss"}
+OWN_METHODS = {
+    "_backbone",
+    "_capture_outputs",
+    "_check_latent_settings",
+    "_prepare_rows",
+    "_record_adapter_base",
+    "_stage1_latent_loss",
+}
 
 
 def test_overrides_still_exist_on_the_parent_class():
@@ -115,5 +122,64 @@ def test_overrides_still_exist_on_the_parent_class():
     assert hasattr(Trainer, "loss_is_scaled_for_ga") and "current_gradient_accumulation_steps" in inspect.getsource(
         Trainer
     )
+    # compute_loss adds to TRL's loss: it relies on TRL leaving the accumulation scaling to Trainer, on the fused
+    # forward being TRL's first model call (where the hooks read the outputs), and on TRL's metric names.
+    assert SFTTrainer.loss_is_scaled_for_ga is None and "loss_is_scaled_for_ga" not in vars(MirageSFTTrainer)
+    source = inspect.getsource(SFTTrainer.compute_loss)
+    assert "outputs = model(**inputs, fused_lm_head=True)" in source
+    assert all(f'"{name}"' in source for name in ("entropy", "mean_token_accuracy", "num_tokens"))
     # The fused LM head TRL installs must still call the backbone as `base_model`, where the hook listens.
     assert 'backbone_attr = "base_model"' in inspect.getsource(add_fused_lm_head)
+
+
+def test_adapter_checkpoint_loads_in_a_fresh_process_after_the_temporary_base_is_gone(dataset, tmp_path):
+    """A Qwen2.5-VL base converted on load (what `tiny` is, in a temporary folder removed at exit): the adapter
+    checkpoint records the converted Mirage base saved beside it, and PEFT's own loader reproduces the trained model
+    in a fresh process outside the repository after the original base folder is deleted."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from mirage_tiny import build_tiny_base
+
+    base = build_tiny_base(tmp_path / "temporary-base")
+    output = tmp_path / "run"
+    trainer = MirageSFTTrainer(
+        model=str(base),
+        args=fast_args(output, latent_stage=1, max_steps=2, save_strategy="steps", save_steps=2),
+        train_dataset=dataset,
+        peft_config=language_model_lora_config(r=4, lora_alpha=8, lora_dropout=0.0),
+    )
+    trainer.train()
+    checkpoint = output / "checkpoint-2"
+    recorded = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str((output / "mirage-base").resolve())
+    assert json.loads((output / "mirage-base" / "config.json").read_text())["model_type"] == "mirage"
+    shutil.rmtree(base)
+
+    batch = trainer.data_collator([dataset[i] for i in range(2)])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    torch.save(inputs, tmp_path / "inputs.pt")
+    model = trainer.model.eval()
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=True).logits
+    program = (
+        "import json, sys, torch\n"
+        "from peft import PeftModel\n"
+        "from transformers import AutoModel\n"
+        "folder = sys.argv[1]\n"
+        "base = json.load(open(folder + '/adapter_config.json'))['base_model_name_or_path']\n"
+        "model = PeftModel.from_pretrained(AutoModel.from_pretrained(base, trust_remote_code=True), folder).eval()\n"
+        "with torch.no_grad():\n"
+        "    torch.save(model(**torch.load(sys.argv[2]), return_dict=True).logits, sys.argv[3])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-c", program, str(checkpoint), str(tmp_path / "inputs.pt"), str(tmp_path / "logits.pt")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=1e-5)

@@ -224,7 +224,10 @@ def test_aligning_latent_blocks_leaves_the_loss_unchanged(tiny_mirage_dir, mixed
 
 def test_stage2_refuses_reentrant_checkpointing(tiny_mirage_dir, dataset, tmp_path):
     args = fast_args(
-        tmp_path, latent_stage=2, gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True}
+        tmp_path,
+        latent_stage=2,
+        activation_checkpointing=True,
+        activation_checkpointing_kwargs={"use_reentrant": True},
     )
     with pytest.raises(ValueError, match="non-reentrant"):
         MirageSFTTrainer(model=tiny_mirage_dir, args=args, train_dataset=dataset)
@@ -236,7 +239,7 @@ def test_stage2_trains_under_gradient_checkpointing(tiny_mirage_dir, dataset, tm
     for checkpointing in (False, True):
         model, processor = load(tiny_mirage_dir)
         args = fast_args(
-            tmp_path / str(checkpointing), latent_stage=2, max_steps=3, gradient_checkpointing=checkpointing
+            tmp_path / str(checkpointing), latent_stage=2, max_steps=3, activation_checkpointing=checkpointing
         )
         trainer = MirageSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
         trainer.train()

@@ -24,7 +24,7 @@ def fast_args(output_dir, **overrides) -> MirageSFTConfig:
         warmup_steps=0,
         logging_steps=1,
         save_strategy="no",
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         dataloader_num_workers=0,
         image_scale=0.4375,
         disable_tqdm=True,

@@ -122,6 +122,19 @@ class MirageSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "bf16 mixed precision. None: on when a CUDA GPU with bf16 support is used, else off."},
     )
+    # TRL gives the deprecated alias `gradient_checkpointing` a default (True), so transformers warns on every config
+    # that it is deprecated. The default moves to its new name; the old name still works when set.
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated alias of `activation_checkpointing` (used when that is not set)."},
+    )
+    activation_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute activations in the backward pass to save memory (None: on, TRL's default, unless the "
+            "deprecated `gradient_checkpointing` says otherwise). Stage 2 needs it non-reentrant."
+        },
+    )
 
     def __post_init__(self):
         # TRL turns bf16 on whenever fp16 is off, also on CPU, where it is slow and makes runs inexact; only use it
@@ -130,6 +143,11 @@ class MirageSFTConfig(SFTConfig):
             self.bf16 = (
                 not self.fp16 and not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             )
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True
+        # Pinned memory only helps copies to an accelerator; without one torch warns on every data loader.
+        if self.dataloader_pin_memory and not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False
         super().__post_init__()
         if self.latent_stage not in (1, 2):
             raise ValueError(f"latent_stage must be 1 or 2, got {self.latent_stage!r}")

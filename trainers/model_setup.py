@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,20 +33,102 @@ from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
 TINY_BASE = "tiny"
 """Model name that means the embedded tiny Qwen2.5-VL base (built offline on first use)."""
 
-REMOTE_CODE_FILES = ("configuration_mirage.py", "modeling_mirage.py", "processing_mirage.py")
+REMOTE_CODE_FILES = ("configuration_mirage.py", "generation_mirage.py", "modeling_mirage.py", "processing_mirage.py")
 LANGUAGE_MODEL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """`"tiny"` -> the embedded tiny base's folder (built once, cached in `cache_dir` if given); anything else as is.
+ACCEPTED_MODELS = (
+    "model_name_or_path takes a local folder holding a Qwen2.5-VL or Mirage checkpoint (with its config.json), a Hub "
+    "id such as 'Qwen/Qwen2.5-VL-7B-Instruct', or 'tiny' (the embedded tiny base)"
+)
+MODEL_TYPES = {"mirage": "a Mirage checkpoint", "qwen2_5_vl": "a Qwen2.5-VL checkpoint, converted on load"}
 
-    Under several processes the main process builds it first into a shared cache (default: a folder in the system's
-    temporary directory; on several machines pass a `cache_dir` on a shared file system) and the others reuse it:
-    once torch.distributed is up, `save_pretrained` writes weights on rank 0 only, so a build on another rank would
-    leave a folder without them.
+
+def _looks_like_path(name: str) -> bool:
+    """Whether a name that is no existing folder was meant as one: it starts like a path, has more than one `/`, is
+    not a valid Hub id, or its first component is a local folder (e.g. `outputs/stage1` when `outputs/` exists)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~")) or "\\" in name or name.endswith("/") or name.count("/") > 1:
+        return True
+    if "/" in name and os.path.isdir(name.split("/", 1)[0]):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def check_model_folder(folder: str) -> None:
+    """Raise a clear error if the local `folder` is not a checkpoint this project can load: no `config.json` (a LoRA
+    adapter, a run folder holding `checkpoint-N` subfolders, anything else: says which and what was found), or a
+    `config.json` of another model type."""
+    path = Path(folder)
+    if (path / "config.json").is_file():
+        config = json.loads((path / "config.json").read_text())
+        check_model_type(folder, config.get("model_type", ""), config)
+        return
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    if (path / "adapter_config.json").is_file():
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        raise ValueError(
+            f"{folder} holds a LoRA adapter (adapter_config.json, base {base!r}), not a full model: train on from the "
+            "merged model that examples/sft_mirage.py writes to its output_dir (merge_lora), or load the adapter with "
+            "peft.PeftModel.from_pretrained(AutoModel.from_pretrained(<mirage base>, trust_remote_code=True), "
+            f"{folder!r}) and merge it (see docs/training.md)"
+        )
+    checkpoints = sorted(
+        (name.rstrip("/") for name in found if re.fullmatch(r"checkpoint-\d+/", name)), key=lambda n: int(n[11:])
+    )
+    if checkpoints:
+        raise FileNotFoundError(
+            f"{folder} has no config.json; it is a training run's folder with checkpoints {checkpoints}: pass one of "
+            f"them, e.g. {os.path.join(folder, checkpoints[-1])}"
+        )
+    shown = found[:12] + ([f"... ({len(found) - 12} more)"] if len(found) > 12 else [])
+    raise FileNotFoundError(
+        f"{folder} has no config.json, so it is not a saved model (found: {shown or 'an empty folder'}); "
+        + ACCEPTED_MODELS
+    )
+
+
+def check_model_type(name: str, model_type: str, config: dict | None = None) -> None:
+    """Raise a `ValueError` naming what `name` is if it is neither a Mirage nor a Qwen2.5-VL checkpoint."""
+    if model_type in MODEL_TYPES:
+        return
+    architectures = (config or {}).get("architectures")
+    raise ValueError(
+        f"{name} is a {model_type or 'unknown'!r} checkpoint (config.json model_type {model_type!r}, architectures "
+        f"{architectures}); expected a Mirage checkpoint (model_type 'mirage') or a Qwen2.5-VL one to convert "
+        "(model_type 'qwen2_5_vl', e.g. Qwen/Qwen2.5-VL-7B-Instruct)"
+    )
+
+
+def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """`"tiny"` -> the embedded tiny base's folder (built once, cached in `cache_dir` if given); a local folder or a Hub
+    id as is.
+
+    A name that is no existing folder but looks like a path (`./run`, `outputs/stage1` when `outputs/` exists, a name
+    that is no valid Hub id) raises `FileNotFoundError` at once instead of going to the Hub; a folder without a
+    loadable `config.json` raises an error that says what the folder holds (see [`check_model_folder`]).
+
+    Under several processes the main process builds the tiny base first into a shared cache (default: a folder in the
+    system's temporary directory; on several machines pass a `cache_dir` on a shared file system) and the others
+    reuse it: once torch.distributed is up, `save_pretrained` writes weights on rank 0 only, so a build on another rank
+    would leave a folder without them.
     """
-    if name_or_path != TINY_BASE:
-        return str(name_or_path)
+    name = os.path.expanduser(str(name_or_path))
+    if name != TINY_BASE:
+        if os.path.isdir(name):
+            check_model_folder(name)
+        elif os.path.exists(name):
+            raise NotADirectoryError(f"{name} is a file, not a model folder; " + ACCEPTED_MODELS)
+        elif _looks_like_path(name):
+            raise FileNotFoundError(
+                f"model folder {name} does not exist ({os.path.abspath(name)}); " + ACCEPTED_MODELS
+            )
+        return name
     from mirage_tiny import tiny_base_path  # a repository fixture, imported only when asked for
 
     state = PartialState()
@@ -57,8 +140,16 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = 
 
 
 def checkpoint_model_type(path: str, **hub_kwargs) -> str:
-    """The `model_type` of a checkpoint's config, read without importing any remote code."""
-    config_dict, _ = PretrainedConfig.get_config_dict(path, **hub_kwargs)
+    """The `model_type` of a checkpoint's config, read without importing any remote code. A Hub id that cannot be
+    read raises an `OSError` that says the name is no local folder either."""
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(path, **hub_kwargs)
+    except OSError as error:
+        if os.path.isdir(path):
+            raise
+        raise OSError(
+            f"{path!r} is no local folder, and as a Hub id it could not be read ({error}); {ACCEPTED_MODELS}"
+        ) from error
     return config_dict.get("model_type", "")
 
 
@@ -102,10 +193,7 @@ def load_model_and_processor(
             path, latent_num_tokens=k, processor=processor, **from_pretrained_kwargs
         )
     else:
-        raise ValueError(
-            f"{name_or_path!r} is a {model_type or 'unknown'!r} checkpoint; expected a Mirage checkpoint "
-            "(model_type 'mirage') or a Qwen2.5-VL one to convert (model_type 'qwen2_5_vl')"
-        )
+        check_model_type(repr(name_or_path), model_type)
     return model, processor
 
 

@@ -27,11 +27,13 @@ import contextlib
 import copy
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 from peft import PeftModel
 from trl import SFTTrainer
 
@@ -40,9 +42,28 @@ from modeling_mirage.processing_mirage import check_latent_token_ids
 
 from .collator import ROW_INDEX_COLUMN, MirageDataCollator, check_example
 from .config import MirageSFTConfig
-from .model_setup import freeze_vision_tower, is_mirage, load_checkpoint_weights, load_model_and_processor
+from .model_setup import (
+    checkpoint_model_type,
+    freeze_vision_tower,
+    is_mirage,
+    load_checkpoint_weights,
+    load_model_and_processor,
+)
 
 IMAGE_COLUMNS = ("images", "helper_images", "image")
+ADAPTER_BASE_DIR = "mirage-base"
+"""Sub-folder of `output_dir` that holds the converted Mirage base a LoRA run's adapters refer to (see
+`MirageSFTTrainer._record_adapter_base`)."""
+
+
+def _is_mirage_checkpoint(name_or_path: str | None) -> bool:
+    """Whether `name_or_path` is a Mirage checkpoint (local folder, or Hub id whose config is readable)."""
+    if not name_or_path:
+        return False
+    try:
+        return checkpoint_model_type(name_or_path) == "mirage"
+    except (OSError, ValueError):
+        return False
 
 
 def _undecoded(feature):
@@ -103,8 +124,6 @@ class MirageSFTTrainer(SFTTrainer):
 
     _tag_names = ["trl", "sft", "mirage"]
     _name = "Mirage SFT"
-    # compute_loss normalises the loss for gradient accumulation itself (see there).
-    loss_is_scaled_for_ga = True
 
     def __init__(
         self,
@@ -145,6 +164,8 @@ class MirageSFTTrainer(SFTTrainer):
             processing_class.tokenizer.pad_token = processing_class.tokenizer.eos_token
         if args.latent_freeze_vision:
             freeze_vision_tower(model)
+        if peft_config is not None and not isinstance(model, PeftModel):
+            self._record_adapter_base(model, processing_class, args.output_dir)
 
         train_dataset = self._prepare_rows(train_dataset, "train", args.latent_stage)
         if isinstance(eval_dataset, dict):
@@ -177,7 +198,7 @@ class MirageSFTTrainer(SFTTrainer):
             if (args.gradient_checkpointing_kwargs or {}).get("use_reentrant"):
                 raise ValueError(
                     "stage 2 needs non-reentrant gradient checkpointing (the latent chain's gradient would be lost): "
-                    "set gradient_checkpointing_kwargs={'use_reentrant': False}, or gradient_checkpointing=False"
+                    "set activation_checkpointing_kwargs={'use_reentrant': False}, or activation_checkpointing=False"
                 )
 
     # ---- set-up -----------------------------------------------------------------------------------------------------
@@ -197,6 +218,26 @@ class MirageSFTTrainer(SFTTrainer):
                 f"the processor's latent token ids {ids} differ from the model's {tuple(config.latent_token_ids)} "
                 "(pad, start, end); load both from the same checkpoint"
             )
+
+    @staticmethod
+    def _record_adapter_base(model, processor, output_dir: str) -> None:
+        """Make the adapters' `base_model_name_or_path` a Mirage checkpoint that outlives the run.
+
+        PEFT records the model's `name_or_path`. For a model converted on load (a Qwen2.5-VL base, or `tiny`, built in
+        a temporary folder removed at exit) that is no Mirage checkpoint, so no adapter checkpoint could be loaded on
+        its own. The converted base (LoRA leaves its weights untouched) is then saved once to
+        `<output_dir>/mirage-base`, with its processor and remote code, and recorded instead; every adapter checkpoint
+        then loads with `PeftModel.from_pretrained(AutoModel.from_pretrained(base, trust_remote_code=True), folder)`.
+        """
+        if _is_mirage_checkpoint(model.config._name_or_path):
+            return
+        folder = str(Path(output_dir, ADAPTER_BASE_DIR).resolve())
+        state = PartialState()
+        if state.is_main_process:
+            model.save_pretrained(folder)
+            processor.save_pretrained(folder)
+        state.wait_for_everyone()
+        model.config._name_or_path = model.name_or_path = folder
 
     @staticmethod
     def _prepare_rows(dataset, split: str, stage: int):
@@ -254,71 +295,57 @@ class MirageSFTTrainer(SFTTrainer):
 
     @staticmethod
     @contextlib.contextmanager
-    def _capture_output(module: torch.nn.Module) -> Iterator[list]:
-        """Record `module`'s forward output for the duration of the block (a hook that never outlives one step)."""
-        captured: list = []
-        handle = module.register_forward_hook(lambda _module, _args, output: captured.append(output))
+    def _capture_outputs(*modules: torch.nn.Module) -> Iterator[list[list]]:
+        """Record each module's forward outputs, in call order, for the duration of the block (hooks that never
+        outlive one step)."""
+        captured: list[list] = [[] for _ in modules]
+        handles = [
+            module.register_forward_hook(lambda _module, _args, output, store=store: store.append(output))
+            for module, store in zip(modules, captured)
+        ]
         try:
             yield captured
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Stage 1: `latent_loss + latent_text_weight * CE`; stage 2: CE. One forward either way.
+        """TRL's loss, plus the stage-1 latent term: stage 1 `latent_loss + latent_text_weight * CE`, stage 2 CE.
 
-        Scaling, as `Trainer` expects with `loss_is_scaled_for_ga = True`: the CE is summed over tokens and divided by
-        `num_items_in_batch` (the label tokens of the whole accumulated batch, over all processes, times the process
-        count since DDP averages gradients); the latent loss is a mean over this micro-batch's pads divided by the
-        accumulation steps (DDP's averaging then makes it a mean over processes).
+        `SFTTrainer.compute_loss` runs the one forward (fused LM head), computes the CE and logs its metrics
+        (`entropy`, `mean_token_accuracy`, `num_tokens`). Two forward hooks read, during that call, the model's fused
+        outputs (per-token log-probs, for `ce_loss`) and the backbone's (`latent_hidden`, `latent_targets`). The latent
+        term is then added the way TRL adds its MoE auxiliary loss: a mean over this micro-batch's pads, divided by
+        the accumulation steps only when TRL's CE was normalised by `num_items_in_batch`.
+
+        Scaling: Mirage inherits Qwen2.5-VL's `accepts_loss_kwargs = False`, so `Trainer` passes no
+        `num_items_in_batch`; TRL's CE is then the token mean of this micro-batch, and `Trainer` divides the returned
+        loss by the accumulation steps (as for any such model). An accumulated step is thus the mean of its
+        micro-batches' `latent_loss + gamma * CE`, not a token-weighted CE over the accumulated batch.
         """
         mode = "train" if self.model.training else "eval"
-        stage = self.args.latent_stage
-        inputs = dict(inputs)
-        inputs["use_cache"] = False
-        with self._capture_output(self._backbone(model)) as captured:
-            outputs = model(**inputs, fused_lm_head=True)
-        backbone_outputs = captured[-1] if captured else None
+        with self._capture_outputs(model, self._backbone(model)) as (model_outputs, backbone_outputs):
+            loss_and_outputs = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        # The first call is the fused-head forward; with `return_outputs` TRL runs a second one for the logits.
+        fused = model_outputs[0]
+        loss, outputs = loss_and_outputs if return_outputs else (loss_and_outputs, None)
 
-        accumulation = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        accumulation = accumulation if mode == "train" else 1
-        token_nll = -outputs.log_probs.sum()
-        num_tokens = outputs.label_mask.sum()
-        if num_items_in_batch is not None:
-            ce = token_nll / num_items_in_batch
-            if self.args.average_tokens_across_devices:
-                ce = ce * (self.accelerator.num_processes // self.get_tp_size())
-        else:
-            ce = token_nll / num_tokens.clamp(min=1) / accumulation
-
-        loss = ce
         metrics = self._metrics[mode]
         gather = self.accelerator.gather_for_metrics
-        nll_sum, token_count = gather(torch.stack([token_nll.detach().float(), num_tokens.float()]).view(1, 2)).sum(0)
+        token_nll, num_tokens = -fused.log_probs.detach().sum(), fused.label_mask.sum()
+        nll_sum, token_count = gather(torch.stack([token_nll.float(), num_tokens.float()]).view(1, 2)).sum(0)
         metrics["ce_loss"].append((nll_sum / token_count.clamp(min=1)).item())
-        if stage == 1:
-            latent = self._stage1_latent_loss(backbone_outputs, outputs.log_probs)
-            loss = latent / accumulation + self.args.latent_text_weight * ce
+        if self.args.latent_stage == 1:
+            latent = self._stage1_latent_loss(backbone_outputs[0] if backbone_outputs else None, fused.log_probs)
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            loss = self.args.latent_text_weight * loss + latent / steps
             metrics["latent_loss"].append(gather(latent.detach().view(1)).mean().item())
-            similarity = mean_pairwise_cosine(backbone_outputs.latent_targets, self.model.config.latent_num_tokens)
+            similarity = mean_pairwise_cosine(backbone_outputs[0].latent_targets, self.model.config.latent_num_tokens)
             if similarity is not None:
                 metrics["latent_target_cosine"].append(gather(similarity.view(1)).mean().item())
-
-        # TRL's own metrics, from the fused head's per-token outputs.
-        num_valid = gather(num_tokens.view(1)).sum()
-        entropy = gather(outputs.entropy.detach().sum().view(1)).sum()
-        correct = gather(outputs.is_top1.sum().view(1)).sum()
-        metrics["entropy"].append((entropy / num_valid).item() if num_valid > 0 else 0.0)
-        metrics["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
-        if mode == "train":
-            self._total_train_tokens += gather(inputs["attention_mask"].sum().view(1)).sum().item()
-        metrics["num_tokens"] = [self._total_train_tokens]
-
-        if return_outputs:
-            # Evaluation asking for logits: a second, gradient-free forward without the fused head.
-            with torch.no_grad():
-                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-            return loss, outputs
-        return loss
+        return (loss, outputs) if return_outputs else loss
 
     def _stage1_latent_loss(self, backbone_outputs, anchor: torch.Tensor) -> torch.Tensor:
         if backbone_outputs is None:

@@ -2,19 +2,20 @@
 
 Load it by path (no Hub access needed)::
 
-    import evaluate, tasks
+    import evaluate, mirage_tasks
     metric = evaluate.load(mirage_tasks.MULTIPLE_CHOICE_METRIC)
     metric.compute(predictions=["<think> ... </think>The answer is \\\\boxed{B}."], references=["B"], levels=[4])
+
+Scoring is :mod:`mirage_tasks.verifiers`' (letter extraction and per-level rates), imported rather than copied, so the
+module runs wherever the ``mirage_tasks`` package is installed (also when loaded from a Hub copy of this folder).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import datasets
 import evaluate
 
-from mirage_tasks.verifiers import extract_choice
+from mirage_tasks.verifiers import extract_choice, rate, rates_by
 
 _DESCRIPTION = """Accuracy of option letters answered in \\boxed{} (A, (A) and "A. Action Success" all read as A).
 A prediction without a readable letter in \\boxed{} counts as invalid (and wrong)."""
@@ -46,12 +47,8 @@ class MultipleChoice(evaluate.Metric):
     def _compute(self, predictions, references, levels=None):
         letters = [extract_choice(p, options="ABCDEFGH") for p in predictions]
         correct = [letter == r.strip().upper() for letter, r in zip(letters, references)]
-        n = max(len(correct), 1)
-        per_level = defaultdict(list)
-        for level, ok in zip(levels or [], correct):
-            per_level[int(level)].append(ok)
         return {
-            "success_rate": sum(correct) / n,
-            "invalid_rate": sum(letter is None for letter in letters) / n,
-            "per_level": {level: sum(v) / len(v) for level, v in sorted(per_level.items())},
+            "success_rate": rate(correct),
+            "invalid_rate": rate(letter is None for letter in letters),
+            "per_level": rates_by(correct, [int(level) for level in levels or []]),
         }

@@ -2,19 +2,20 @@
 
 Load it by path (no Hub access needed)::
 
-    import evaluate, tasks
+    import evaluate, mirage_tasks
     metric = evaluate.load(mirage_tasks.VSP_PLANNING_METRIC)
     metric.compute(predictions=["The answer is \\\\boxed{DR}."], references=[[[1, 0], [-1, 2]]], levels=[2])
+
+Scoring is :mod:`mirage_tasks.verifiers`' (simulation and per-level rates), imported rather than copied, so the module
+runs wherever the ``mirage_tasks`` package is installed (also when loaded from a Hub copy of this folder).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import datasets
 import evaluate
 
-from mirage_tasks.verifiers import planning_outcome
+from mirage_tasks.verifiers import planning_outcome, rate, rates_by
 
 _DESCRIPTION = """Success rate of FrozenLake action plans: the last \\boxed{...} of each prediction is read as moves
 (L/R/U/D or LEFT/RIGHT/UP/DOWN) and played on the reference map (map_desc: 1 start, 2 goal, -1 hole, 0 ice).
@@ -49,13 +50,8 @@ class VspPlanning(evaluate.Metric):
 
     def _compute(self, predictions, references, levels=None):
         outcomes = [planning_outcome(p, m) for p, m in zip(predictions, references)]
-        n = max(len(outcomes), 1)
         result = {
-            f"{name}_rate": sum(o == name for o in outcomes) / n
-            for name in ("success", "invalid", "hole", "not_at_goal")
+            f"{name}_rate": rate(o == name for o in outcomes) for name in ("success", "invalid", "hole", "not_at_goal")
         }
-        per_level = defaultdict(list)
-        for level, outcome in zip(levels or [], outcomes):
-            per_level[int(level)].append(outcome == "success")
-        result["per_level"] = {level: sum(v) / len(v) for level, v in sorted(per_level.items())}
+        result["per_level"] = rates_by((o == "success" for o in outcomes), [int(level) for level in levels or []])
         return result
