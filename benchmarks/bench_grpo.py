@@ -74,7 +74,7 @@ def main() -> None:
             per_device_train_batch_size=batch_size,
             num_generations=args.num_generations,
             max_completion_length=args.max_completion_length,
-            gradient_checkpointing=False,
+            activation_checkpointing=False,
             beta=0.01,
             model_init_kwargs={"dtype": torch.float32},
         )

@@ -35,7 +35,7 @@ from accelerate import PartialState
 from trl import ModelConfig, TrlParser
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the data arguments live next to this script
-from sft_mirage import MirageScriptArguments, train_dataset, weight_digest  # noqa: E402
+from sft_mirage import MirageScriptArguments, load_datasets, resume_checkpoint, weight_digest  # noqa: E402
 
 from trainers import MirageGRPOConfig, MirageGRPOTrainer, language_model_lora_config, save_for_hub  # noqa: E402
 
@@ -46,6 +46,7 @@ UNUSED_COLUMNS = ("completion", "helper_images")
 def main(script_args: MirageScriptArguments, training_args: MirageGRPOConfig, model_args: ModelConfig) -> None:
     if model_args.model_name_or_path is None:
         raise ValueError("set model_name_or_path: a Mirage checkpoint (stage 2's output), a Qwen2.5-VL one, or 'tiny'")
+    resume = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     # The trainer loads the model itself, after checking that its reference model will be a Mirage model.
     model_kwargs = dict(training_args.model_init_kwargs or {}, revision=model_args.model_revision)
     if model_args.dtype not in (None, "auto"):
@@ -65,14 +66,19 @@ def main(script_args: MirageScriptArguments, training_args: MirageGRPOConfig, mo
             use_rslora=model_args.use_rslora,
             use_dora=model_args.use_dora,
         )
-    dataset = train_dataset(script_args)
-    dataset = dataset.remove_columns([c for c in UNUSED_COLUMNS if c in dataset.column_names])
-
+    train_rows, eval_rows = (
+        None if rows is None else rows.remove_columns([c for c in UNUSED_COLUMNS if c in rows.column_names])
+        for rows in load_datasets(script_args, evaluate=training_args.eval_strategy != "no")
+    )
     trainer = MirageGRPOTrainer(
-        model=model_args.model_name_or_path, args=training_args, train_dataset=dataset, peft_config=peft_config
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        peft_config=peft_config,
     )
     processor = trainer.processing_class
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     if script_args.print_weight_digest:  # before saving: merging LoRA on the main process changes its weights
         state = PartialState()
         digest = weight_digest(trainer.accelerator.unwrap_model(trainer.model))

@@ -48,7 +48,7 @@ def grpo_args(output_dir, model, **overrides) -> MirageGRPOConfig:
         max_steps=1,
         logging_steps=1,
         save_strategy="no",
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         generation_kwargs={"sequence_bias": [[[model.config.latent_start_token_id], 4.0]]},
         reward_funcs=["accuracy", "format"],
         disable_tqdm=True,

@@ -39,7 +39,7 @@ def test_grpo_recipes_parse(recipe: Path) -> None:
     assert args.generation_batch_size % args.num_generations == 0
     if recipe.parent.name == "qwen2.5-vl-7b":
         assert args.learning_rate == 1e-6 and model_args.dtype == "bfloat16"
-        assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+        assert args.activation_checkpointing_kwargs == {"use_reentrant": False}
     else:
         assert model_args.model_name_or_path == "outputs/tiny-stage2" and script_args.task == "vsp_planning"
 

@@ -109,6 +109,19 @@ class MirageGRPOConfig(GRPOConfig):
         default=None,
         metadata={"help": "bf16 mixed precision. None: on when a CUDA GPU with bf16 support is used, else off."},
     )
+    # As in MirageSFTConfig: TRL gives the deprecated alias `gradient_checkpointing` a default (True), so transformers
+    # would warn on every config; the default moves to the new name, and the old name still works when set.
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated alias of `activation_checkpointing` (used when that is not set)."},
+    )
+    activation_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute activations in the backward pass to save memory (None: on, TRL's default, unless the "
+            "deprecated `gradient_checkpointing` says otherwise). Chain rescoring needs it non-reentrant."
+        },
+    )
 
     def __post_init__(self):
         # TRL turns bf16 on whenever fp16 is off, also on CPU, where it is slow and makes rescoring inexact; only use
@@ -117,6 +130,11 @@ class MirageGRPOConfig(GRPOConfig):
             self.bf16 = (
                 not self.fp16 and not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             )
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True
+        # Pinned memory only helps copies to an accelerator; without one torch warns on every data loader.
+        if self.dataloader_pin_memory and not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False
         super().__post_init__()
         if self.latent_rescoring not in LATENT_RESCORING:
             raise ValueError(f"latent_rescoring must be one of {LATENT_RESCORING}, got {self.latent_rescoring!r}")

@@ -191,9 +191,9 @@ class MirageGRPOTrainer(GRPOTrainer):
         if args.latent_rescoring == "chain" and args.gradient_checkpointing:
             if (args.gradient_checkpointing_kwargs or {}).get("use_reentrant"):
                 raise ValueError(
-                    "latent_rescoring='chain' needs non-reentrant gradient checkpointing (the gradient through the "
-                    "latent chain would be lost): set gradient_checkpointing_kwargs={'use_reentrant': False}, "
-                    "gradient_checkpointing=False, or latent_rescoring='replay'"
+                    "latent_rescoring='chain' needs non-reentrant activation checkpointing (the gradient through the "
+                    "latent chain would be lost): set activation_checkpointing_kwargs={'use_reentrant': False}, "
+                    "activation_checkpointing=False, or latent_rescoring='replay'"
                 )
 
     @staticmethod
