@@ -362,6 +362,11 @@ def test_a_model_converted_in_memory_needs_peft_or_beta_zero(tiny_base_dir, data
         peft_config=language_model_lora_config(r=2, lora_alpha=4),
     )
     assert trainer.ref_model is None and trainer.beta == 0.01
+    # TRL scores the reference with the adapters disabled: that call must use the model's own chain, never replay.
+    peft_model = trainer.accelerator.unwrap_model(trainer.model)
+    assert not trainer._is_reference(trainer.model)
+    with peft_model.disable_adapter():
+        assert trainer._is_reference(trainer.model)
 
 
 def test_processor_padding_is_forced_left_and_latent_settings_are_checked(tiny_mirage_dir, dataset, tmp_path):
