@@ -140,9 +140,10 @@ class MirageGRPOTrainer(GRPOTrainer):
             if model == TINY_BASE:
                 model_type = "qwen2_5_vl"  # the embedded tiny base is a Qwen2.5-VL checkpoint, converted on load
             else:
-                source = resolve_model_path(model)
+                source = resolve_model_path(model)  # a clear error for a path that is no model folder
                 model_type = self._model_type_or_none(source)
-            check_reference_source(source, model_type, args, uses_peft)
+            if model_type is not None:  # unreadable: loading below reports why
+                check_reference_source(source, model_type, args, uses_peft)
             model, loaded_processor = load_model_and_processor(
                 model, args.latent_num_tokens, **(args.model_init_kwargs or {})
             )
