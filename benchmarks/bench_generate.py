@@ -52,9 +52,7 @@ def build_inputs(processor, batch: int):
     texts, images = [], []
     for row in rows:
         texts.append(processor.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True))
-        image = row["images"][0]
-        scale = 28 / 64  # one map cell = one merged 28-px token, as the tiny recipes train
-        images.append(image.resize((round(image.width * scale), round(image.height * scale))))
+        images.append(row["images"][0])  # resized by the processor (its image_scale)
     processor.tokenizer.padding_side = "left"
     return dict(processor(text=texts, images=images, return_tensors="pt", padding=True))
 
@@ -67,7 +65,7 @@ def load_models(args):
     else:
         base = args.model
     dtype = getattr(torch, args.dtype)
-    processor = MirageProcessor.from_base(base, latent_num_tokens=args.k)
+    processor = MirageProcessor.from_base(base, latent_num_tokens=args.k, image_scale=args.image_scale)
     mirage = MirageForConditionalGeneration.from_base(base, processor=processor, dtype=dtype).to(args.device).eval()
     plain = Qwen2_5_VLForConditionalGeneration(mirage.config).to(dtype).to(args.device).eval()
     plain.load_state_dict(mirage.state_dict())  # same weights, stock class
@@ -162,6 +160,12 @@ def main():
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--k", type=int, default=4, help="latent tokens per block")
+    parser.add_argument(
+        "--image-scale",
+        type=float,
+        default=0.4375,
+        help="the processor's image resize; 0.4375 puts one map cell on one merged 28-px token, as the tiny recipes train",
+    )
     parser.add_argument("--new-tokens", type=int, default=192)
     parser.add_argument("--naive-tokens", type=int, default=24, help="steps for the (slow) no-cache reference")
     parser.add_argument("--block-every", type=int, default=16, help="open a latent block every N tokens")

@@ -121,7 +121,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    model, processor = load_model_and_processor("tiny", args.latent_num_tokens)
+    # k and the image resize are chosen here, at conversion; the trainers take both from the model and processor.
+    model, processor = load_model_and_processor("tiny", args.latent_num_tokens, image_scale=args.image_scale)
     model.to(device)
     if args.dataset:  # e.g. on a machine without the renderer's pygame
         rows = datasets.load_from_disk(args.dataset).select(range(args.batch_size))
@@ -133,8 +134,6 @@ def main() -> None:
             config = MirageSFTConfig(
                 output_dir,
                 latent_stage=stage,
-                latent_num_tokens=args.latent_num_tokens,
-                image_scale=args.image_scale,
                 use_cpu=device.type == "cpu",
                 bf16=False,
                 activation_checkpointing=False,

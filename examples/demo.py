@@ -70,13 +70,6 @@ RELOAD_PROGRAM = textwrap.dedent(
 )
 
 
-def scaled(image: Image.Image, scale: float | None) -> Image.Image:
-    if not scale:
-        return image.convert("RGB")
-    size = (round(image.width * scale), round(image.height * scale))
-    return image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-
-
 def recipe_config(stage: int, output_dir: Path, **overrides) -> MirageSFTConfig:
     """The tiny recipe of `stage` as a MirageSFTConfig (script-only keys dropped), with `overrides`."""
     recipe = yaml.safe_load((RECIPES / f"stage{stage}.yaml").read_text())
@@ -86,8 +79,9 @@ def recipe_config(stage: int, output_dir: Path, **overrides) -> MirageSFTConfig:
     return MirageSFTConfig(**kwargs)
 
 
-def generate(model, processor, rows, image_scale, max_new_tokens: int, batch_size: int = 16, desc: str = "") -> list:
-    """Greedy completions (special tokens kept, so latent blocks show) for canonical rows, batched, left-padded."""
+def generate(model, processor, rows, max_new_tokens: int, batch_size: int = 16, desc: str = "") -> list:
+    """Greedy completions (special tokens kept, so latent blocks show) for canonical rows, batched, left-padded. The
+    processor resizes the images as training did (its `image_scale`)."""
     tokenizer = processor.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     model.eval()
@@ -98,7 +92,7 @@ def generate(model, processor, rows, image_scale, max_new_tokens: int, batch_siz
             prompts = [
                 processor.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in chunk
             ]
-            images = [scaled(r["images"][0], image_scale) for r in chunk]
+            images = [r["images"][0] for r in chunk]
             inputs = processor(text=prompts, images=images, padding=True, return_tensors="pt")
             with torch.no_grad():
                 out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
@@ -161,13 +155,16 @@ def main() -> None:
     stage1_args = recipe_config(1, output / "stage1", disable_tqdm=False)
     if args.stage1_steps is not None:
         stage1_args.max_steps = args.stage1_steps
-    model, processor = load_model_and_processor("tiny", stage1_args.latent_num_tokens, tiny_cache_dir=output / "cache")
-    image_scale = stage1_args.image_scale
+    # The recipe's image_scale becomes the processor's setting here, and is saved with it.
+    model, processor = load_model_and_processor(
+        "tiny", stage1_args.latent_num_tokens, tiny_cache_dir=output / "cache", image_scale=stage1_args.image_scale
+    )
     params = sum(p.numel() for p in model.parameters())
     ids = model.config.latent_token_ids
     rows_table.append(
         ("build tiny base + convert", time.perf_counter() - start,
-         f"{params / 1e6:.2f} M params, k={model.config.latent_num_tokens}, latent ids {ids[0]}-{ids[2]}")
+         f"{params / 1e6:.2f} M params, k={model.config.latent_num_tokens}, latent ids {ids[0]}-{ids[2]}, "
+         f"image scale {processor.image_scale}")
     )  # fmt: skip
 
     # 2. Data --------------------------------------------------------------------------------------------------------
@@ -186,7 +183,7 @@ def main() -> None:
 
     start = time.perf_counter()
     eval_rows = official_slice(args.official_data_root, args.eval_per_level)
-    before = generate(model, processor, eval_rows, image_scale, args.max_new_tokens, desc="untrained model")
+    before = generate(model, processor, eval_rows, args.max_new_tokens, desc="untrained model")
     before_score = mirage_tasks.evaluate_predictions(eval_rows, before)["success_rate"]
     rows_table.append(
         ("score the untrained model", time.perf_counter() - start,
@@ -219,7 +216,7 @@ def main() -> None:
 
     # 5-6. Generation and success rate on official maps ---------------------------------------------------------------
     start = step(f"5/8 generate on {len(eval_rows)} official test maps (greedy)")
-    texts = generate(model, processor, eval_rows, image_scale, args.max_new_tokens, desc="official maps")
+    texts = generate(model, processor, eval_rows, args.max_new_tokens, desc="official maps")
     result = mirage_tasks.evaluate_predictions(eval_rows, texts)
     with_block = sum(model.config.latent_num_tokens * "<|latent_pad|>" in t for t in texts)
     rows_table.append(
@@ -271,7 +268,7 @@ def main() -> None:
     example_dir.mkdir(exist_ok=True)
     for i, row in enumerate(eval_rows[: args.examples]):
         path = example_dir / f"{i}.png"
-        scaled(row["images"][0], image_scale).save(path)
+        row["images"][0].save(path)  # as it comes: both processors resize it (the saved one by its own setting)
         prompt = processor.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
         examples.append({"prompt": prompt, "image": str(path), "max_new_tokens": args.max_new_tokens})
     (example_dir / "examples.json").write_text(json.dumps(examples))

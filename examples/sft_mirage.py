@@ -192,6 +192,7 @@ def main(script_args: MirageScriptArguments, training_args: MirageSFTConfig, mod
         model_args.model_name_or_path,
         training_args.latent_num_tokens,
         tiny_cache_dir=script_args.tiny_cache_dir,
+        image_scale=training_args.image_scale,
         **model_kwargs,
     )
     peft_config = None

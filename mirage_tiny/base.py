@@ -44,6 +44,10 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
+# The Qwen2.5-VL chat template (and its default system prompt) has one source, the Mirage processor's module, which
+# derives the Mirage template from it; the tiny base ships the plain one.
+from modeling_mirage.processing_mirage import DEFAULT_SYSTEM_PROMPT, QWEN_CHAT_TEMPLATE
+
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "QWEN_CHAT_TEMPLATE",
@@ -80,44 +84,6 @@ QWEN_SPECIAL_TOKENS: tuple[tuple[str, bool], ...] = (
     ("<|fim_pad|>", False),
     ("<|repo_name|>", False),
     ("<|file_sep|>", False),
-)
-
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-
-# Behaves like the Qwen2.5-VL chat template: a default system turn when the first message is not a system
-# message; `<|im_start|>role\n...<|im_end|>\n` per turn; content either a string or a list of parts where an
-# image part becomes `<|vision_start|><|image_pad|><|vision_end|>` (the processor expands the pad to one token
-# per merged patch), a video part the same with `<|video_pad|>`, and a text part its text; optional
-# "Picture n: " prefixes with `add_vision_id`; `add_generation_prompt` opens an assistant turn.
-QWEN_CHAT_TEMPLATE = (
-    "{% set ns = namespace(images=0, videos=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}"
-    "{% else %}"
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
-    "{% set ns.images = ns.images + 1 %}"
-    "{% if add_vision_id %}Picture {{ ns.images }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'video' or 'video' in part %}"
-    "{% set ns.videos = ns.videos + 1 %}"
-    "{% if add_vision_id %}Video {{ ns.videos }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in part %}"
-    "{{ part['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n"
-    "{% endif %}"
 )
 
 # Qwen2's pre-tokenization split (contractions, letter runs with one leading non-letter, single digits,
@@ -435,6 +401,7 @@ def _fingerprint(seed: int) -> str:
             "seed": seed,
             "corpus": list(mirage_tasks.vocabulary_corpus()),
             "builder": Path(__file__).read_text(encoding="utf-8"),
+            "chat_template": QWEN_CHAT_TEMPLATE,  # defined outside this file
             "versions": [transformers.__version__, tokenizers.__version__, torch.__version__],
         }
     )

@@ -90,14 +90,36 @@ def test_stage1_passes_helper_images_and_stage2_does_not(processor, rows) -> Non
         assert torch.equal(stage1[key], stage2[key])
 
 
-def test_image_scale_puts_one_merged_token_on_one_cell(processor, rows) -> None:
-    batch = MirageDataCollator(processor, stage=1, image_scale=0.4375)(rows)
+def test_processor_image_scale_puts_one_merged_token_on_one_cell(tiny_mirage_dir, rows) -> None:
+    processor = MirageProcessor.from_pretrained(tiny_mirage_dir, image_scale=0.4375)
+    batch = MirageDataCollator(processor, stage=1)(rows)
     sides = [len(row["map_desc"]) for row in rows]
     # 64 px per cell x 0.4375 = 28 px = one 2x2 group of 14-px patches.
     assert batch["image_grid_thw"].tolist() == [[1, 2 * s, 2 * s] for s in sides]
     assert batch["helper_image_grid_thw"].tolist() == [[1, 2 * s, 2 * s] for s in sides]
     image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert (batch["input_ids"] == image_pad).sum(dim=1).tolist() == [s * s for s in sides]
+
+
+def test_helper_images_are_processed_like_input_images(tiny_mirage_dir, rows) -> None:
+    """The collator's helper tensors are exactly what the processor makes of the helper images, resize included."""
+    processor = MirageProcessor.from_pretrained(tiny_mirage_dir, image_scale=0.4375)
+    batch = MirageDataCollator(processor, stage=1)(rows)
+    expected = processor.image_processor(
+        images=[image.resize((round(image.width * 0.4375), round(image.height * 0.4375)), Image.Resampling.BICUBIC)
+                for row in rows for image in row["helper_images"]],
+        return_tensors="pt",
+    )  # fmt: skip
+    assert torch.equal(batch["helper_pixel_values"], expected["pixel_values"])
+    assert torch.equal(batch["helper_image_grid_thw"], expected["image_grid_thw"])
+    assert batch["helper_image_counts"].tolist() == [len(row["helper_images"]) for row in rows]
+
+
+def test_collator_refuses_a_processor_without_latent_support(tiny_base_dir) -> None:
+    from transformers import AutoProcessor
+
+    with pytest.raises(TypeError, match="MirageDataCollator needs a MirageProcessor, got Qwen2_5_VLProcessor"):
+        MirageDataCollator(AutoProcessor.from_pretrained(tiny_base_dir), stage=1)
 
 
 def test_max_length_refuses_to_cut_the_answer_away(processor, rows) -> None:

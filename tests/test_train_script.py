@@ -43,7 +43,11 @@ def test_recipes_parse(recipe: Path) -> None:
         args=["--config", str(recipe)], fail_with_unknown_args=True
     )
     assert training_args.latent_stage == int(recipe.stem[-1])
-    assert training_args.latent_num_tokens == 4 and training_args.remove_unused_columns is False
+    assert training_args.remove_unused_columns is False
+    # Stage 1 converts a base and chooses k and the image resize; stage 2 takes both from the stage-1 model.
+    stage1 = training_args.latent_stage == 1
+    assert training_args.latent_num_tokens == (4 if stage1 else None)
+    assert training_args.image_scale == (0.4375 if stage1 and recipe.parent.name == "tiny" else None)
     if recipe.parent.name == "qwen2.5-vl-7b":  # the paper's hyperparameters
         assert training_args.learning_rate == 1e-5 and training_args.weight_decay == 0.01
         assert training_args.warmup_steps == 10 and training_args.num_train_epochs == 10

@@ -98,7 +98,10 @@ def _hand_chunk_means(model, pixel_values, grid_thw, k: int) -> torch.Tensor:
 def test_stage1_targets_are_chunk_means_of_the_helper_image(tiny_mirage_dir, mixed_rows, tmp_path):
     model, processor = load(tiny_mirage_dir)
     trainer = MirageSFTTrainer(
-        model=model, args=fast_args(tmp_path, latent_stage=1), train_dataset=mirage_tasks.rows_to_dataset(mixed_rows)
+        model=model,
+        args=fast_args(tmp_path, latent_stage=1),
+        train_dataset=mirage_tasks.rows_to_dataset(mixed_rows),
+        processing_class=processor,
     )
     batch = trainer.data_collator(mixed_rows)
     k = model.config.latent_num_tokens
@@ -164,7 +167,10 @@ def _chain_gradients(model, trainer, batch, replay: bool) -> tuple[torch.Tensor,
 def test_stage2_text_loss_reaches_the_hidden_state_chain(tiny_mirage_dir, mixed_rows, tmp_path):
     model, processor = load(tiny_mirage_dir)
     trainer = MirageSFTTrainer(
-        model=model, args=fast_args(tmp_path, latent_stage=2), train_dataset=mirage_tasks.rows_to_dataset(mixed_rows)
+        model=model,
+        args=fast_args(tmp_path, latent_stage=2),
+        train_dataset=mirage_tasks.rows_to_dataset(mixed_rows),
+        processing_class=processor,
     )
     batch = trainer.data_collator(mixed_rows)
     model.train()
@@ -182,7 +188,10 @@ def test_stage2_text_loss_reaches_the_hidden_state_chain(tiny_mirage_dir, mixed_
 def test_stage2_gradient_checkpointing_is_exact(tiny_mirage_dir, mixed_rows, tmp_path):
     model, processor = load(tiny_mirage_dir)
     trainer = MirageSFTTrainer(
-        model=model, args=fast_args(tmp_path, latent_stage=2), train_dataset=mirage_tasks.rows_to_dataset(mixed_rows)
+        model=model,
+        args=fast_args(tmp_path, latent_stage=2),
+        train_dataset=mirage_tasks.rows_to_dataset(mixed_rows),
+        processing_class=processor,
     )
     batch = trainer.data_collator(mixed_rows)
     model.train()
@@ -210,7 +219,9 @@ def test_aligning_latent_blocks_leaves_the_loss_unchanged(tiny_mirage_dir, mixed
     results = []
     for align in (False, True):
         args = fast_args(tmp_path / str(align), latent_stage=stage, latent_align_blocks=align)
-        trainer = MirageSFTTrainer(model=model, args=args, train_dataset=mirage_tasks.rows_to_dataset(mixed_rows))
+        trainer = MirageSFTTrainer(
+            model=model, args=args, train_dataset=mirage_tasks.rows_to_dataset(mixed_rows), processing_class=processor
+        )
         batch = trainer.data_collator(mixed_rows)
         model.zero_grad()
         loss = trainer.compute_loss(model, dict(batch))

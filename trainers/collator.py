@@ -200,21 +200,14 @@ def check_example(example: dict[str, Any], stage: int, position: int = 0, decode
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _scaled(image: Image.Image, scale: float | None) -> Image.Image:
-    if scale is None or scale == 1:
-        return image
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC)
-
-
 @dataclass
 class MirageDataCollator:
     """Turns canonical rows into a Mirage training batch (see the module docstring for the layout).
 
     Args:
-        processor: a [`MirageProcessor`] (chat template with latent blocks, the three latent tokens).
+        processor: a [`MirageProcessor`] (chat template with latent blocks, the three latent tokens). It processes
+            input and helper images alike, resize (its `image_scale`) included, as it will after saving.
         stage: 1 passes the helper images (teacher forcing); 2 passes none (the model fills the pads itself).
-        image_scale: resize input and helper images by this factor first (None: as they are).
         max_length: cut rows longer than this at the end; a cut that would drop an image or latent token, or every
             completion token, raises instead (None: no limit).
         pad_to_multiple_of: pad the batch length to a multiple of this.
@@ -223,14 +216,13 @@ class MirageDataCollator:
             up to k per row; the model ignores where padding sits (positions count real tokens only).
 
     Example:
-        >>> collator = MirageDataCollator(processor, stage=1, image_scale=0.4375)
+        >>> collator = MirageDataCollator(processor, stage=1)
         >>> batch = collator([dataset[0], dataset[1]])
         >>> outputs = model(**batch)  # outputs.latent_hidden, outputs.latent_targets
     """
 
     processor: Any
     stage: int = 1
-    image_scale: float | None = None
     max_length: int | None = None
     pad_to_multiple_of: int | None = None
     align_latent_blocks: bool = True
@@ -239,6 +231,11 @@ class MirageDataCollator:
     def __post_init__(self):
         if self.stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {self.stage!r}")
+        if not hasattr(self.processor, "process_helper_images"):
+            raise TypeError(
+                f"MirageDataCollator needs a MirageProcessor, got {type(self.processor).__name__}; convert a "
+                "Qwen2.5-VL processor with MirageProcessor.from_base(...)"
+            )
         tokenizer = self.processor.tokenizer
         vocab = tokenizer.get_vocab()
         # The same check MirageProcessor makes: the three tokens exist, in order, at the end of the vocabulary.
@@ -279,8 +276,9 @@ class MirageDataCollator:
         names = [row_name(example, position) for position, example in enumerate(examples)]
         rendered = [self._render(row, name) for row, name in zip(rows, names)]
 
-        # Prompts with their images in one processor call: it expands every image placeholder to its merged-patch run.
-        images = [_scaled(image, self.image_scale) for row in rows for image in row.images]
+        # Prompts with their images in one processor call: it resizes the images (its image_scale) and expands every
+        # image placeholder to its merged-patch run.
+        images = [image for row in rows for image in row.images]
         prompt_batch = self.processor(
             text=[prompt for prompt, _ in rendered],
             images=images or None,
@@ -338,11 +336,8 @@ class MirageDataCollator:
         if images:
             batch["pixel_values"] = prompt_batch["pixel_values"]
             batch["image_grid_thw"] = prompt_batch["image_grid_thw"]
-        if self.stage == 1:
-            helpers = [_scaled(image, self.image_scale) for row in rows for image in row.helper_images]
-            if helpers:
-                helper_batch = self.processor.image_processor(images=helpers, return_tensors="pt")
-                batch["helper_pixel_values"] = helper_batch["pixel_values"]
-                batch["helper_image_grid_thw"] = helper_batch["image_grid_thw"]
-                batch["helper_image_counts"] = torch.tensor([len(row.helper_images) for row in rows])
+        if self.stage == 1 and any(row.helper_images for row in rows):
+            # helper_pixel_values, helper_image_grid_thw, helper_image_counts: the same resize and processing as
+            # the input images.
+            batch.update(self.processor.process_helper_images([row.helper_images for row in rows]))
         return batch

@@ -31,15 +31,17 @@ class MirageSFTConfig(SFTConfig):
             Stage-1 latent loss: `"cosine"` (mean over pads of 1 - cos(h, target), the paper's) or `"mse"`.
         latent_text_weight (`float`, defaults to `0.1`):
             gamma, the weight of the text cross-entropy in stage 1. Stage 2 is CE only.
-        latent_num_tokens (`int`, defaults to `4`):
-            k, the pads per latent block. Used when a Qwen2.5-VL base is converted; must equal the model's
-            `config.latent_num_tokens` and the processor's `latent_num_tokens`.
+        latent_num_tokens (`int` or `None`, defaults to `None`):
+            k, the pads per latent block, chosen when a Qwen2.5-VL checkpoint is converted (None: 4). A Mirage
+            checkpoint keeps its own k (None: accept it; another value is an error).
         latent_freeze_vision (`bool`, defaults to `True`):
             Freeze the vision tower (patch merger included), as the paper does.
         latent_align_blocks (`bool`, defaults to `True`):
             Left-pad rows so that their first latent blocks share columns (a cheaper stage-2 chain, same outputs).
         image_scale (`float` or `None`, defaults to `None`):
-            Resize input and helper images by this factor before the processor.
+            The processor's image resize factor, set when a Qwen2.5-VL checkpoint is converted (None: no resize) and
+            saved with the processor. A Mirage checkpoint's processor keeps its own (None: accept it; another value
+            is an error).
     """
 
     latent_stage: int = field(
@@ -62,11 +64,11 @@ class MirageSFTConfig(SFTConfig):
         default=0.1,
         metadata={"help": "gamma: weight of the text cross-entropy in the stage-1 loss (stage 2 trains CE only)."},
     )
-    latent_num_tokens: int = field(
-        default=4,
+    latent_num_tokens: int | None = field(
+        default=None,
         metadata={
-            "help": "k, latent pads per block. Used when converting a Qwen2.5-VL base; must match the model's "
-            "config.latent_num_tokens and the processor's latent_num_tokens."
+            "help": "k, latent pads per block, chosen when converting a Qwen2.5-VL checkpoint (None: 4). A Mirage "
+            "checkpoint keeps its own k: None accepts it, another value is an error."
         },
     )
     latent_freeze_vision: bool = field(
@@ -87,9 +89,10 @@ class MirageSFTConfig(SFTConfig):
     image_scale: float | None = field(
         default=None,
         metadata={
-            "help": "Resize input and helper images by this factor before the processor (None: keep the size). "
-            "0.4375 turns a 64-px VSP map cell into 28 px, one merged vision token per cell, which the tiny "
-            "base learns from fastest."
+            "help": "Resize factor of input and helper images, set on the processor when converting a Qwen2.5-VL "
+            "checkpoint (None: keep the size) and saved with it. A Mirage checkpoint's processor keeps its own: "
+            "None accepts it, another value is an error. 0.4375 turns a 64-px VSP map cell into 28 px, one merged "
+            "vision token per cell, which the tiny base learns from fastest."
         },
     )
 
@@ -155,7 +158,7 @@ class MirageSFTConfig(SFTConfig):
             raise ValueError(f"latent_loss must be one of {LATENT_LOSSES}, got {self.latent_loss!r}")
         if self.latent_text_weight < 0:
             raise ValueError(f"latent_text_weight must be >= 0, got {self.latent_text_weight}")
-        if self.latent_num_tokens < 1:
+        if self.latent_num_tokens is not None and self.latent_num_tokens < 1:
             raise ValueError(f"latent_num_tokens must be >= 1, got {self.latent_num_tokens}")
         if self.image_scale is not None and self.image_scale <= 0:
             raise ValueError(f"image_scale must be > 0 (or None), got {self.image_scale}")

@@ -29,6 +29,7 @@ from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import WeightRenaming, rename_source_key
 
 from modeling_mirage import MirageForConditionalGeneration, MirageProcessor
+from modeling_mirage.processing_mirage import check_image_scale, check_latent_num_tokens_match
 
 TINY_BASE = "tiny"
 """Model name that means the embedded tiny Qwen2.5-VL base (built offline on first use)."""
@@ -162,6 +163,7 @@ def load_model_and_processor(
     name_or_path: str,
     latent_num_tokens: int | None = None,
     tiny_cache_dir: str | os.PathLike | None = None,
+    image_scale: float | None = None,
     **from_pretrained_kwargs: Any,
 ) -> tuple[MirageForConditionalGeneration, MirageProcessor]:
     """Load a Mirage checkpoint, or convert a Qwen2.5-VL one (stock, or official Mirage with the tokens already added).
@@ -170,6 +172,8 @@ def load_model_and_processor(
         name_or_path: folder or Hub id; `"tiny"` for the embedded tiny base.
         latent_num_tokens: k. For a conversion it sets k (default 4); for a Mirage checkpoint it must equal the
             checkpoint's k (None: accept the checkpoint's).
+        image_scale: the processor's image resize factor. For a conversion it sets it (default None: no resize); for
+            a Mirage checkpoint it must equal the saved processor's (None: accept the saved one).
         tiny_cache_dir: where to keep the tiny base between processes (None: a temporary folder).
         from_pretrained_kwargs: passed to `from_pretrained` (`dtype`, `revision`, `attn_implementation`, ...).
     """
@@ -181,20 +185,41 @@ def load_model_and_processor(
     if model_type == "mirage":
         processor = MirageProcessor.from_pretrained(path, **hub_kwargs)
         model = MirageForConditionalGeneration.from_pretrained(path, **from_pretrained_kwargs)
+        # The processor's own load checks its k against config.json where it can read it; this covers every source.
+        check_latent_num_tokens_match(model.config, processor, f"{name_or_path!r}")
         if latent_num_tokens is not None and latent_num_tokens != model.config.latent_num_tokens:
             raise ValueError(
                 f"{name_or_path!r} is a Mirage checkpoint with latent_num_tokens={model.config.latent_num_tokens}, "
                 f"but latent_num_tokens={latent_num_tokens} was asked for; k is fixed once a model is converted"
             )
+        check_saved_image_scale(processor, image_scale, repr(name_or_path))
     elif model_type == "qwen2_5_vl":
         k = 4 if latent_num_tokens is None else latent_num_tokens
-        processor = MirageProcessor.from_base(path, latent_num_tokens=k, **hub_kwargs)
+        processor = MirageProcessor.from_base(path, latent_num_tokens=k, image_scale=image_scale, **hub_kwargs)
         model = MirageForConditionalGeneration.from_base(
             path, latent_num_tokens=k, processor=processor, **from_pretrained_kwargs
         )
     else:
         check_model_type(repr(name_or_path), model_type)
     return model, processor
+
+
+def check_saved_image_scale(processor, image_scale: float | None, where: str) -> None:
+    """Raise a `ValueError` if `image_scale` is set (not None) and differs from the processor's own setting.
+
+    A model is trained and used with the resize its processor carries; it is chosen once, when a Qwen2.5-VL checkpoint
+    is converted, and travels with the processor from then on. A different value asked for later would train (or
+    evaluate) on images of another size than the saved processor feeds, so it is refused rather than applied.
+    """
+    if image_scale is None:
+        return
+    if check_image_scale(image_scale) != processor.image_scale:
+        raise ValueError(
+            f"{where}: image_scale={image_scale} was asked for, but the model's processor has "
+            f"image_scale={processor.image_scale} (saved in its processor_config.json); the resize is chosen when a "
+            "model is converted (MirageProcessor.from_base(..., image_scale=...)) and travels with the processor. "
+            "Leave image_scale unset (None) to use the processor's"
+        )
 
 
 def _backbone(model):
@@ -252,6 +277,8 @@ def save_for_hub(model, processor, output_dir: str | os.PathLike) -> Path:
         raise ValueError(
             f"save_for_hub expects a Mirage model (config.model_type 'mirage'), got {type(model).__name__}"
         )
+    # A processor with another k than the model would write latent blocks the model does not read as one.
+    check_latent_num_tokens_match(model.config, processor, f"save_for_hub({str(output)!r})")
     model.save_pretrained(output, safe_serialization=True)
     processor.save_pretrained(output)
     check_hub_folder(output)

@@ -43,6 +43,7 @@ from modeling_mirage.processing_mirage import check_latent_token_ids
 from .collator import ROW_INDEX_COLUMN, MirageDataCollator, check_example
 from .config import MirageSFTConfig
 from .model_setup import (
+    check_saved_image_scale,
     checkpoint_model_type,
     freeze_vision_tower,
     is_mirage,
@@ -148,7 +149,7 @@ class MirageSFTTrainer(SFTTrainer):
 
         if isinstance(model, str):
             model, loaded_processor = load_model_and_processor(
-                model, args.latent_num_tokens, **(args.model_init_kwargs or {})
+                model, args.latent_num_tokens, image_scale=args.image_scale, **(args.model_init_kwargs or {})
             )
             processing_class = processing_class if processing_class is not None else loaded_processor
         if not is_mirage(model):
@@ -176,7 +177,6 @@ class MirageSFTTrainer(SFTTrainer):
             data_collator = MirageDataCollator(
                 processing_class,
                 stage=args.latent_stage,
-                image_scale=args.image_scale,
                 max_length=args.max_length,
                 pad_to_multiple_of=args.pad_to_multiple_of,
                 align_latent_blocks=args.latent_align_blocks,
@@ -205,13 +205,17 @@ class MirageSFTTrainer(SFTTrainer):
 
     @staticmethod
     def _check_latent_settings(model, processor, args: MirageSFTConfig) -> None:
+        """k and the image resize come from the model and its processor; the config may only repeat them."""
         config = model.config
         k_model, k_processor = config.latent_num_tokens, getattr(processor, "latent_num_tokens", None)
-        if not (k_model == k_processor == args.latent_num_tokens):
+        k_args = args.latent_num_tokens
+        if k_model != k_processor or (k_args is not None and k_args != k_model):
             raise ValueError(
                 f"latent_num_tokens disagree: model config {k_model}, processor {k_processor}, MirageSFTConfig "
-                f"{args.latent_num_tokens}; k is fixed when a model is converted, so set the config to the model's"
+                f"{k_args}; k is fixed when a model is converted, so leave the config's unset (None) or set it to "
+                "the model's"
             )
+        check_saved_image_scale(processor, args.image_scale, "MirageSFTConfig")
         ids = check_latent_token_ids(processor.tokenizer)
         if ids != tuple(config.latent_token_ids):
             raise ValueError(
