@@ -33,7 +33,11 @@ def dataset():
 
 
 def load(folder: str):
-    return MirageForConditionalGeneration.from_pretrained(folder), MirageProcessor.from_pretrained(folder)
+    """Model and processor of the tiny Mirage folder; the processor resizes images as the tiny recipes do (one merged
+    vision token per map cell), so rollouts and rescoring both see the processor's own resize."""
+    processor = MirageProcessor.from_pretrained(folder)
+    processor.image_scale = 0.4375
+    return MirageForConditionalGeneration.from_pretrained(folder), processor
 
 
 def grpo_args(output_dir, model, **overrides) -> MirageGRPOConfig:
@@ -377,7 +381,7 @@ def test_processor_padding_is_forced_left_and_latent_settings_are_checked(tiny_m
     )
     assert trainer.processing_class.tokenizer.padding_side == "left"
     assert trainer.ref_model is not None and trainer.ref_model.config.model_type == "mirage"
-    with pytest.raises(ValueError, match="latent_num_tokens disagree: model config 4, processor 4, .* 3"):
+    with pytest.raises(ValueError, match="latent_num_tokens disagree: model config 4, processor 4, .*Config 3"):
         MirageGRPOTrainer(
             model=model,
             args=grpo_args(tmp_path, model, latent_num_tokens=3),

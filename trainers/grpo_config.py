@@ -31,8 +31,12 @@ class MirageGRPOConfig(GRPOConfig):
             `"replay"`: the rollout's recorded latents are teacher-forced as constants: the same values before the
             first update, one ordinary forward instead of a chain, but no gradient through the latents. The reference
             model always scores with its own chain.
-        latent_num_tokens (`int`, defaults to `4`):
-            k, the pads per latent block; must equal the model's `config.latent_num_tokens` and the processor's.
+        latent_num_tokens (`int` or `None`, defaults to `None`):
+            k, the pads per latent block, chosen when a Qwen2.5-VL checkpoint is converted (None: 4). A Mirage
+            checkpoint keeps its own k (None: accept it; another value is an error), as in `MirageSFTConfig`.
+        image_scale (`float` or `None`, defaults to `None`):
+            The processor's image resize factor, set when a Qwen2.5-VL checkpoint is converted and saved with the
+            processor; a Mirage checkpoint's processor keeps its own (None: accept it; another value is an error).
         reward_funcs (`list[str]`, defaults to `["accuracy", "format"]`):
             Rewards by name (see `trainers.rewards.REWARDS`), used when the trainer is given no reward functions.
     """
@@ -47,11 +51,19 @@ class MirageGRPOConfig(GRPOConfig):
             "choices": list(LATENT_RESCORING),
         },
     )
-    latent_num_tokens: int = field(
-        default=4,
+    latent_num_tokens: int | None = field(
+        default=None,
         metadata={
-            "help": "k, latent pads per block. Used when converting a Qwen2.5-VL base; must match the model's "
-            "config.latent_num_tokens and the processor's latent_num_tokens."
+            "help": "k, latent pads per block, chosen when converting a Qwen2.5-VL checkpoint (None: 4). A Mirage "
+            "checkpoint keeps its own k: None accepts it, another value is an error."
+        },
+    )
+    image_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Resize factor of input images, set on the processor when converting a Qwen2.5-VL checkpoint "
+            "(None: keep the size) and saved with it. A Mirage checkpoint's processor keeps its own: None accepts "
+            "it, another value is an error. Rollouts and rescoring both go through the processor, so they agree."
         },
     )
     reward_funcs: list[str] = field(
@@ -138,8 +150,10 @@ class MirageGRPOConfig(GRPOConfig):
         super().__post_init__()
         if self.latent_rescoring not in LATENT_RESCORING:
             raise ValueError(f"latent_rescoring must be one of {LATENT_RESCORING}, got {self.latent_rescoring!r}")
-        if self.latent_num_tokens < 1:
+        if self.latent_num_tokens is not None and self.latent_num_tokens < 1:
             raise ValueError(f"latent_num_tokens must be >= 1, got {self.latent_num_tokens}")
+        if self.image_scale is not None and self.image_scale <= 0:
+            raise ValueError(f"image_scale must be > 0 (or None), got {self.image_scale}")
         if self.remove_unused_columns:
             raise ValueError(
                 "MirageGRPOConfig needs remove_unused_columns=False: the rewards read dataset columns (task, variant, "

@@ -145,7 +145,7 @@ class MirageGRPOTrainer(GRPOTrainer):
             if model_type is not None:  # unreadable: loading below reports why
                 check_reference_source(source, model_type, args, uses_peft)
             model, loaded_processor = load_model_and_processor(
-                model, args.latent_num_tokens, **(args.model_init_kwargs or {})
+                model, args.latent_num_tokens, image_scale=args.image_scale, **(args.model_init_kwargs or {})
             )
             processing_class = processing_class if processing_class is not None else loaded_processor
         else:
