@@ -28,14 +28,9 @@ from collections import defaultdict
 
 import torch
 from bench_train import machine_name
-from PIL import Image
 
 import mirage_tasks
 from trainers import MirageGRPOConfig, MirageGRPOTrainer, load_model_and_processor, save_for_hub
-
-
-def scaled(image: Image.Image, scale: float) -> Image.Image:
-    return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
 
 
 def main() -> None:
@@ -45,7 +40,12 @@ def main() -> None:
     parser.add_argument("--num-generations", type=int, default=5)
     parser.add_argument("--max-completion-length", type=int, default=32)
     parser.add_argument("--levels", default="3-6")
-    parser.add_argument("--image-scale", type=float, default=0.4375, help="resize the map images first (1: as is)")
+    parser.add_argument(
+        "--image-scale",
+        type=float,
+        default=0.4375,
+        help="the tiny model's processor resize (a checkpoint keeps its own)",
+    )
     parser.add_argument("--start-bias", type=float, default=3.0, help="sequence_bias of <|latent_start|>")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on a CPU (default: torch's)")
@@ -57,13 +57,11 @@ def main() -> None:
 
     rows = mirage_tasks.build_dataset("vsp_planning", "mirage-direct", args.prompts, levels=args.levels, seed=0)
     rows = rows.remove_columns(["completion", "helper_images"])
-    if args.image_scale != 1:
-        rows = rows.map(lambda row: {"images": [scaled(image, args.image_scale) for image in row["images"]]})
 
     with tempfile.TemporaryDirectory() as folder:
         model_path = args.model
         if model_path == "tiny":  # the reference model is loaded from the policy's checkpoint: save it first
-            model, processor = load_model_and_processor("tiny")
+            model, processor = load_model_and_processor("tiny", image_scale=args.image_scale)
             model_path = str(save_for_hub(model, processor, folder))
         batch_size = args.prompts * args.num_generations
         config = MirageGRPOConfig(

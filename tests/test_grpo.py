@@ -380,6 +380,10 @@ def test_processor_padding_is_forced_left_and_latent_settings_are_checked(tiny_m
         model=model, args=grpo_args(tmp_path, model), train_dataset=dataset, processing_class=processor
     )
     assert trainer.processing_class.tokenizer.padding_side == "left"
+    # Rollouts never sample a vision placeholder: the rescoring would have no pixels for it.
+    placeholders = {model.config.image_token_id, model.config.video_token_id}
+    assert placeholders <= set(trainer.generation_config.suppress_tokens)
+    assert placeholders <= set(trainer.generation_kwargs["suppress_tokens"])
     assert trainer.ref_model is not None and trainer.ref_model.config.model_type == "mirage"
     with pytest.raises(ValueError, match="latent_num_tokens disagree: model config 4, processor 4, .*Config 3"):
         MirageGRPOTrainer(

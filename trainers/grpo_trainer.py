@@ -105,7 +105,7 @@ class MirageGRPOTrainer(GRPOTrainer):
 
     Overrides (each calls the parent and adds): `_generate` (record latents, mask latent positions, show latent blocks
     to rewards), `_generate_and_score_completions` (attach the latents to the batch), `_get_per_token_logps_and_entropies`
-    (replay: feed the recorded latents), `_compute_loss` (tell the rescoring which rows' latents it sees).
+    (replay: feed the recorded latents; chain: align the rows' first latent blocks), `_compute_loss` (tell the rescoring which rows' latents it sees).
     """
 
     _tag_names = ["trl", "grpo", "mirage"]
@@ -187,6 +187,13 @@ class MirageGRPOTrainer(GRPOTrainer):
             peft_config=peft_config,
             **kwargs,
         )
+        # TRL keeps rollouts from sampling the image placeholder (its features would be missing in the rescoring);
+        # the video placeholder is no different, and the Mirage forward refuses either without its pixels.
+        suppressed = set(self.generation_kwargs.get("suppress_tokens") or [])
+        config = model.config
+        suppressed |= {i for i in (config.image_token_id, config.video_token_id) if i is not None}
+        self.generation_kwargs["suppress_tokens"] = sorted(suppressed)
+        self.generation_config.suppress_tokens = sorted(suppressed)
         # The chain runs the layers chunk by chunk over a cache; reentrant checkpointing recomputes a chunk without the
         # earlier chunks' graph. Checked after TRL's set-up, which can force reentrant mode (PEFT under ZeRO-3).
         if args.latent_rescoring == "chain" and args.gradient_checkpointing:
