@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "gymnasium==0.29.1",  # the official VSP maps are FrozenLake renders of exactly this release
     "pygame",  # gymnasium's rgb_array renderer
     "pillow",
+    "matplotlib>=3.8",  # evaluation figures
     "numpy",
     "pyyaml",
     "tqdm",

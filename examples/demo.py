@@ -6,9 +6,10 @@
 2. generate a VSP spatial-planning `mirage-direct` training set (no official test map in it);
 3. stage 1: helper-image targets teacher-forced into the latent pads, latent cosine loss + 0.1 x CE;
 4. stage 2: the pads filled by the model's own hidden-state chain, CE only;
-5. generate (greedy) on official test maps and show an output with its latent block;
-6. score a slice of the official test set (success rate, per level), next to the untrained model and to the best
-   constant answer;
+5. evaluate (greedy) on a slice of the official test maps with `mirage_tasks.evaluation`, once as is and once per
+   latent intervention (zeroed, mean, noise, shuffled, oracle), and show outputs with their latent block;
+6. report the success rate (per level, 95 % interval) next to the untrained model and the best constant answer,
+   what each intervention costs, and what the latents hold (similarity across maps, imagination retrieval);
 7. save a Hub-ready folder (safetensors, processor, remote code, model card);
 8. reload that folder in a fresh Python process outside the repository (`AutoModel`/`AutoProcessor` with
    `trust_remote_code=True`, offline) and check it generates the same outputs.
@@ -35,10 +36,10 @@ from pathlib import Path
 import torch
 import yaml
 from PIL import Image
-from tqdm.auto import tqdm
 
 import mirage_tasks
 from hub_cards import write_model_card
+from mirage_tasks.evaluation import EvaluationConfig, evaluate, generate_completions, write_outputs
 from trainers import MirageSFTConfig, MirageSFTTrainer, load_model_and_processor, save_for_hub
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,31 +80,11 @@ def recipe_config(stage: int, output_dir: Path, **overrides) -> MirageSFTConfig:
     return MirageSFTConfig(**kwargs)
 
 
-def generate(model, processor, rows, max_new_tokens: int, batch_size: int = 16, desc: str = "") -> list:
-    """Greedy completions (special tokens kept, so latent blocks show) for canonical rows, batched, left-padded. The
-    processor resizes the images as training did (its `image_scale`)."""
-    tokenizer = processor.tokenizer
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    model.eval()
-    texts = []
-    try:
-        for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not desc):
-            chunk = rows[start : start + batch_size]
-            prompts = [
-                processor.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in chunk
-            ]
-            images = [r["images"][0] for r in chunk]
-            inputs = processor(text=prompts, images=images, padding=True, return_tensors="pt")
-            with torch.no_grad():
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            texts += processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    return texts
-
-
 def first_last(trainer, key: str, window: int = 3) -> tuple[float, float]:
+    """Mean of the first and of the last `window` logged values of `key` (nan when nothing was logged)."""
     values = [entry[key] for entry in trainer.state.log_history if key in entry]
+    if not values:
+        return float("nan"), float("nan")
     return sum(values[:window]) / len(values[:window]), sum(values[-window:]) / len(values[-window:])
 
 
@@ -122,7 +103,12 @@ def official_slice(root, per_level: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default="outputs/demo")
-    parser.add_argument("--official-data-root", default=None, help="default: ../shared/data/official")
+    parser.add_argument(
+        "--official-data-root",
+        default=None,
+        help="an official data folder or test_direct.jsonl (default: $MIRAGE_OFFICIAL_DATA, else the copy shipped "
+        "with mirage_tasks)",
+    )
     parser.add_argument("--train-examples", type=int, default=1024)
     parser.add_argument("--levels", default="3-4", help="levels of the generated training maps")
     parser.add_argument("--stage1-steps", type=int, default=None, help="default: the tiny stage-1 recipe's")
@@ -143,7 +129,7 @@ def main() -> None:
     output = Path(args.output_dir).resolve()
     output.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    rows_table: list[tuple[str, float, str]] = []
+    rows_table: list[tuple[str, float | None, str]] = []
     total_start = time.perf_counter()
 
     def step(title: str):
@@ -183,8 +169,8 @@ def main() -> None:
 
     start = time.perf_counter()
     eval_rows = official_slice(args.official_data_root, args.eval_per_level)
-    before = generate(model, processor, eval_rows, args.max_new_tokens, desc="untrained model")
-    before_score = mirage_tasks.evaluate_predictions(eval_rows, before)["success_rate"]
+    before = generate_completions(model, processor, eval_rows, max_new_tokens=args.max_new_tokens, desc="untrained")
+    before_score = mirage_tasks.evaluate_predictions(eval_rows, before.texts)["success_rate"]
     rows_table.append(
         ("score the untrained model", time.perf_counter() - start,
          f"{before_score:.0%} success on {len(eval_rows)} official test maps ({args.eval_per_level} per level 3-6)")
@@ -214,31 +200,48 @@ def main() -> None:
     c0, c1 = first_last(trainer, "ce_loss")
     rows_table.append(("stage 2 (CE, latent chain)", time.perf_counter() - start, f"CE {c0:.3f} -> {c1:.3f}"))
 
-    # 5-6. Generation and success rate on official maps ---------------------------------------------------------------
-    start = step(f"5/8 generate on {len(eval_rows)} official test maps (greedy)")
-    texts = generate(model, processor, eval_rows, args.max_new_tokens, desc="official maps")
-    result = mirage_tasks.evaluate_predictions(eval_rows, texts)
-    with_block = sum(model.config.latent_num_tokens * "<|latent_pad|>" in t for t in texts)
+    # 5-6. Evaluation on official maps, with latent interventions -----------------------------------------------------
+    start = step(f"5/8 evaluate on {len(eval_rows)} official test maps (greedy), then with the latents intervened on")
+    evaluation = evaluate(model, processor, eval_rows, EvaluationConfig(max_new_tokens=args.max_new_tokens))
+    write_outputs(evaluation, output / "eval")
+    results, texts = evaluation.results, evaluation.completions["plain"][0].texts
+    plain, k = results["runs"]["plain"], model.config.latent_num_tokens
+    with_block = sum(k * "<|latent_pad|>" in t for t in texts)
     rows_table.append(
-        ("generate (official maps)", time.perf_counter() - start,
-         f"{with_block}/{len(texts)} outputs open a latent block of {model.config.latent_num_tokens} pads")
+        ("evaluate (plain + 5 interventions)", time.perf_counter() - start,
+         f"{with_block}/{len(texts)} plain outputs open a latent block of {k} pads; {output / 'eval'}")
     )  # fmt: skip
     print("\nExample outputs (official test maps):")
     for row, text in list(zip(eval_rows, texts))[: args.examples]:
         print(f"  map {row['id']} (level {row['level']}, gold {row['answer']}): {text!r}")
         print(f"    -> {mirage_tasks.planning_outcome(text, row['map_desc'])}")
 
-    start = step("6/8 success rate on the official slice")
-    answers = collections.Counter(train["answer"])
-    constant = max(
-        (mirage_tasks.evaluate_predictions(eval_rows, [f"\\boxed{{{a}}}"] * len(eval_rows))["success_rate"], a)
-        for a, _ in answers.most_common(20)
-    )
-    per_level = ", ".join(f"{lvl}: {rate:.0%}" for lvl, rate in result["per_level"].items())
+    start = step("6/8 success rate on the official slice, and whether the latents matter")
+    constant = results["baselines"]["best_constant_answer"]
+    per_level = ", ".join(f"{lvl}: {g['success_rate']:.0%}" for lvl, g in plain["per_level"].items())
+    lo, hi = plain["ci95"]
     rows_table.append(
         ("success rate (official, greedy)", time.perf_counter() - start,
-         f"{result['success_rate']:.1%} of {result['n']} (levels {per_level}); invalid {result['invalid_rate']:.0%}; "
-         f"untrained {before_score:.0%}; best constant answer {constant[1]!r} {constant[0]:.0%}")
+         f"{plain['success_rate']:.1%} [{lo:.0%}, {hi:.0%}] of {plain['n']} (levels {per_level}); invalid "
+         f"{plain['invalid_rate']:.0%}; untrained {before_score:.0%}; best constant answer {constant['answer']!r} "
+         f"{constant['success_rate']:.0%}")
+    )  # fmt: skip
+    for name in ("zero", "mean", "noise", "shuffle", "oracle"):
+        run = results["runs"][name]
+        d = run["difference"]
+        rows_table.append(
+            (f"  latents -> {name}", None,
+             f"{run['success_rate']:.1%} ({100 * d['value']:+.1f} pts, 95% [{100 * d['ci95'][0]:+.1f}, "
+             f"{100 * d['ci95'][1]:+.1f}])")
+        )  # fmt: skip
+    diagnostics = results["diagnostics"]
+    retrieved = diagnostics["retrieval"]
+    rows_table.append(
+        ("  what the latents hold", None,
+         f"cosine across maps: latents {diagnostics['latents']['cosine_across_problems'] or 0:.3f}, stage-1 targets "
+         f"{diagnostics['targets']['cosine_across_problems'] or 0:.3f}; retrieval top-1 "
+         f"{retrieved.get('top1', 0):.0%} (chance {retrieved.get('chance_top1', 0):.0%}), top-5 "
+         f"{retrieved.get('top5', 0):.0%} (chance {retrieved.get('chance_top5', 0):.0%})")
     )  # fmt: skip
 
     # 7. Hub-ready folder --------------------------------------------------------------------------------------------
@@ -252,9 +255,10 @@ def main() -> None:
         f"batch {stage1_args.per_device_train_batch_size}, on a CPU",
         datasets=f"{len(train)} generated VSP spatial-planning rows (mirage-direct, levels {args.levels})",
         metrics={
-            f"VSP planning success, official test slice ({result['n']} maps, greedy)": f"{result['success_rate']:.3f}",
+            f"VSP planning success, official test slice ({plain['n']} maps, greedy)": f"{plain['success_rate']:.3f}",
             "same slice, untrained model": f"{before_score:.3f}",
-            f"same slice, constant answer {constant[1]!r}": f"{constant[0]:.3f}",
+            f"same slice, constant answer {constant['answer']!r}": f"{constant['success_rate']:.3f}",
+            "same slice, latents zeroed": f"{results['runs']['zero']['success_rate']:.3f}",
         },
         notes="A demonstration of the training pipeline on a random tiny model, not a useful planner.",
     )
@@ -308,7 +312,7 @@ def main() -> None:
     print(f"{'step':<{width}}  {'time':>7}  result")
     print("-" * (width + 90))
     for name, seconds, text in rows_table:
-        print(f"{name:<{width}}  {seconds:>6.1f}s  {text}")
+        print(f"{name:<{width}}  {'' if seconds is None else f'{seconds:>6.1f}s':>7}  {text}")
     print(f"\noutputs: {output}  (stage1/, stage2/, mirage-tiny-vsp/ = Hub-ready folder with README.md)")
     print("Honest note: a random 1 M-parameter model trained for minutes on a CPU; compare its success rate with the")
     print("untrained and constant-answer lines above, not with the paper's Qwen2.5-VL-7B results.")

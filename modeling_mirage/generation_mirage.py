@@ -207,6 +207,7 @@ class MirageGenerationMixin:
     to return `final_hidden_state`, `latent_positions` and `latent_inputs`."""
 
     _latent_trace: "_LatentTrace | None" = None  # set for the duration of one `generate` call
+    _latent_source = None  # a caller's `latent_source`, for the duration of one `generate` call
 
     def latent_logits_processor(self) -> LatentModeLogitsProcessor:
         """The processor `generate` adds to enforce latent blocks (exposed for custom decoding loops; with rule
@@ -222,7 +223,7 @@ class MirageGenerationMixin:
             c.latent_end_rule,
         )
 
-    def generate(self, inputs=None, generation_config=None, logits_processor=None, **kwargs):
+    def generate(self, inputs=None, generation_config=None, logits_processor=None, latent_source=None, **kwargs):
         """`GenerationMixin.generate` with per-row latent mode.
 
         Every row decodes text until it produces `<|latent_start|>`; from then on each step feeds the row's own last
@@ -235,6 +236,14 @@ class MirageGenerationMixin:
         `pixel_values` / `image_grid_thw` and attention mask) replays exactly. Vision tokens get Qwen2.5-VL's 3-D
         rotary positions whether or not `mm_token_type_ids` is passed, as in `forward`. Beam search,
         assisted/speculative decoding and prompt lookup are not supported (a `ValueError` says so).
+
+        `latent_source` (optional) changes what is fed at the pads chosen during decoding, e.g. to test whether the
+        answer depends on the latents: a callable `f(hidden, block, pad) -> vectors`, called at every decoding step
+        with `hidden` (B, D) the states the model would feed, `block` (B,) the index of each row's current latent
+        block (every block in the row counted, prompt included) and `pad` (B,) the index of the pad within it; it
+        returns the (B, D) vectors to feed (only rows whose new token is a pad use theirs). `latents` then holds
+        what was fed, so replay stays exact. Pads in the prompt are filled by the model's own chain as usual, and a
+        pad chosen at the very last step, never fed, reports the model's own hidden state.
         """
         config = generation_config if generation_config is not None else self.generation_config
         for name, unsupported in (
@@ -251,7 +260,7 @@ class MirageGenerationMixin:
         processors = LogitsProcessorList([self.latent_logits_processor()])
         if logits_processor is not None:
             processors.extend(logits_processor)
-        self._latent_trace = _LatentTrace()
+        self._latent_trace, self._latent_source = _LatentTrace(), latent_source
         try:
             output = super().generate(
                 inputs, generation_config=generation_config, logits_processor=processors, **kwargs
@@ -262,7 +271,7 @@ class MirageGenerationMixin:
                 )
                 output = MirageGenerateOutput(**output, latents=latents)
         finally:
-            self._latent_trace = None
+            self._latent_trace = self._latent_source = None
         return output
 
     def _get_logits_processor(self, generation_config, *args, **kwargs):
@@ -299,11 +308,24 @@ class MirageGenerationMixin:
         # embedding; chosen on the device, so the step never waits to learn which rows are in latent mode.
         is_pad = ids == self.config.latent_pad_token_id  # (B, 1)
         embeds = self.get_input_embeddings()(ids)  # (B, 1, D)
-        model_inputs["inputs_embeds"] = torch.where(is_pad.unsqueeze(-1), latent_prev_hidden.unsqueeze(1), embeds)
+        latent = latent_prev_hidden  # (B, D)
+        if self._latent_source is not None:
+            latent = self._latent_source(latent, *self._latent_slots(input_ids)).to(embeds.dtype)
+        model_inputs["inputs_embeds"] = torch.where(is_pad.unsqueeze(-1), latent.unsqueeze(1), embeds)
         model_inputs["input_ids"] = None
         if self._latent_trace is not None:
-            self._latent_trace.record_step(cache.get_seq_length(), is_pad[:, 0], latent_prev_hidden)
+            self._latent_trace.record_step(cache.get_seq_length(), is_pad[:, 0], latent)
         return model_inputs
+
+    def _latent_slots(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(block (B,), pad (B,))` of each row's newest token: the index of its latent block (every block in the row
+        counted) and of the pad within the block; meaningful for rows whose newest token is a pad."""
+        pad_id, start_id, _ = self.config.latent_token_ids
+        starts = input_ids == start_id
+        columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last_start = torch.where(starts, columns, -1).amax(dim=1, keepdim=True)
+        pads = ((input_ids == pad_id) & (columns > last_start)).sum(dim=1)
+        return (starts.sum(dim=1) - 1).clamp(min=0), (pads - 1).clamp(min=0)
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)

@@ -312,8 +312,7 @@ class MirageDataCollator:
             sequences.append(ids)
             label_rows.append(labels)
 
-        # Right padding, plus (with align_latent_blocks) left padding that puts every row's first latent block in
-        # the same columns.
+        # Right padding, plus the left padding of `align_latent_blocks` (see the class docstring).
         offsets = [0] * len(sequences)
         if self.align_latent_blocks:
             starts = [(ids == self.latent_start_id).nonzero() for ids in sequences]

@@ -37,7 +37,8 @@ class MirageSFTConfig(SFTConfig):
         latent_freeze_vision (`bool`, defaults to `True`):
             Freeze the vision tower (patch merger included), as the paper does.
         latent_align_blocks (`bool`, defaults to `True`):
-            Left-pad rows so that their first latent blocks share columns (a cheaper stage-2 chain, same outputs).
+            Left-pad rows so that their first latent blocks share columns: a cheaper stage-2 chain, same outputs
+            (see [`MirageDataCollator`]).
         image_scale (`float` or `None`, defaults to `None`):
             The processor's image resize factor, set when a Qwen2.5-VL checkpoint is converted (None: no resize) and
             saved with the processor. A Mirage checkpoint's processor keeps its own (None: accept it; another value
@@ -81,9 +82,8 @@ class MirageSFTConfig(SFTConfig):
     latent_align_blocks: bool = field(
         default=True,
         metadata={
-            "help": "Left-pad rows so that their first latent blocks share columns. The stage-2 chain runs one "
-            "chunk per distinct pad column in the batch, so aligned blocks make it k + 1 chunks; the model's "
-            "outputs do not depend on where padding sits."
+            "help": "Left-pad rows so that their first latent blocks share columns: a cheaper stage-2 chain, same "
+            "outputs (see MirageDataCollator)."
         },
     )
     image_scale: float | None = field(
