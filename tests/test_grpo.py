@@ -279,6 +279,7 @@ def test_a_few_steps_change_the_weights_and_keep_the_latent_protocol(tiny_mirage
     trainer.train()
     changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
     assert any("language_model.layers" in n for n in changed), changed
+    assert not [n for n in changed if n.startswith("model.visual.")]  # the vision tower stays frozen
     logged = [entry for entry in trainer.state.log_history if "reward" in entry]
     assert len(logged) == 2 and all("kl" in entry for entry in logged)
 
@@ -399,6 +400,7 @@ def test_config_checks_and_paper_defaults(tmp_path):
     assert (args.learning_rate, args.num_generations, args.beta, args.loss_type) == (1e-6, 5, 0.01, "grpo")
     assert list(args.reward_funcs) == ["accuracy", "format"] and list(args.reward_weights) == [0.9, 0.1]
     assert args.latent_rescoring == "chain" and args.disable_dropout and args.bf16 is False
+    assert args.latent_freeze_vision and args.activation_checkpointing
     with pytest.raises(ValueError, match="latent_rescoring must be one of"):
         MirageGRPOConfig(str(tmp_path), use_cpu=True, latent_rescoring="cached")
     with pytest.raises(ValueError, match="remove_unused_columns=False"):

@@ -37,6 +37,8 @@ class MirageGRPOConfig(GRPOConfig):
         image_scale (`float` or `None`, defaults to `None`):
             The processor's image resize factor, set when a Qwen2.5-VL checkpoint is converted and saved with the
             processor; a Mirage checkpoint's processor keeps its own (None: accept it; another value is an error).
+        latent_freeze_vision (`bool`, defaults to `True`):
+            Freeze the vision tower (patch merger included), as the SFT stages do.
         reward_funcs (`list[str]`, defaults to `["accuracy", "format"]`):
             Rewards by name (see `trainers.rewards.REWARDS`), used when the trainer is given no reward functions.
     """
@@ -64,6 +66,14 @@ class MirageGRPOConfig(GRPOConfig):
             "help": "Resize factor of input images, set on the processor when converting a Qwen2.5-VL checkpoint "
             "(None: keep the size) and saved with it. A Mirage checkpoint's processor keeps its own: None accepts "
             "it, another value is an error. Rollouts and rescoring both go through the processor, so they agree."
+        },
+    )
+    latent_freeze_vision: bool = field(
+        default=True,
+        metadata={
+            "help": "Freeze the vision tower, patch merger included. The paper trains the language model only in the "
+            "SFT stages and says nothing for RL; frozen, the image features stay those the latents were trained "
+            "against, and the loss backward skips the tower."
         },
     )
     reward_funcs: list[str] = field(

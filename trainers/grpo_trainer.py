@@ -42,7 +42,14 @@ from trl import GRPOTrainer
 from modeling_mirage import LATENT_PLACEHOLDER, MirageProcessor
 
 from .grpo_config import MirageGRPOConfig
-from .model_setup import TINY_BASE, checkpoint_model_type, is_mirage, load_model_and_processor, resolve_model_path
+from .model_setup import (
+    TINY_BASE,
+    checkpoint_model_type,
+    freeze_vision_tower,
+    is_mirage,
+    load_model_and_processor,
+    resolve_model_path,
+)
 from .rewards import REWARDS, get_reward_funcs
 from .sft_trainer import MirageSFTTrainer
 
@@ -160,6 +167,8 @@ class MirageGRPOTrainer(GRPOTrainer):
         if processing_class is None:
             processing_class = MirageProcessor.from_pretrained(model.config._name_or_path)
         MirageSFTTrainer._check_latent_settings(model, processing_class, args)
+        if args.latent_freeze_vision:
+            freeze_vision_tower(model)
         # Rollout prompts are left-padded; the processor's own padding (which TRL uses for the multimodal inputs of
         # the rescoring, `mm_token_type_ids` included) must agree, or the rescored log-probs shift.
         processing_class.tokenizer.padding_side = "left"
