@@ -174,6 +174,25 @@ def test_rewards_see_latent_blocks_as_placeholders(tiny_mirage_dir, dataset, tmp
         assert "<|latent" not in text
 
 
+def test_loss_mask_follows_the_end_rule_and_rewards_text_shows_blocks(tiny_mirage_dir, dataset, tmp_path):
+    model, processor = load(tiny_mirage_dir)
+    trainer = MirageGRPOTrainer(
+        model=model, args=grpo_args(tmp_path, model), train_dataset=dataset, processing_class=processor
+    )
+    config = model.config
+    pad, start, end = config.latent_token_ids
+    words = processor.tokenizer("The answer", add_special_tokens=False)["input_ids"]
+    block = [start] + [pad] * 4 + [end]
+    # Fixed rule: the pads and the end they force carry no loss; `<|latent_start|>` was chosen and does.
+    assert trainer.latent_loss_mask(words + block + words) == [1] * len(words) + [1, 0, 0, 0, 0, 0] + [1] * len(words)
+    assert trainer.completion_text(words + block + words) == "The answer<output_image>The answer"
+    assert trainer.completion_text(words + [start, pad]) == "The answer<output_image>"  # cut off by the length limit
+    # Predicted rule: an end the model chose is scored; one forced at the latent_max_tokens cap is not.
+    config.latent_end_rule, config.latent_max_tokens = "predicted", 6
+    assert trainer.latent_loss_mask([start, pad, pad, end]) == [1, 0, 0, 1]
+    assert trainer.latent_loss_mask([start] + [pad] * 6 + [end]) == [1] + [0] * 6 + [0]
+
+
 def _loss_and_grads(trainer, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """TRL's loss on `batch` (through the trainer's rescoring) and the parameters' gradients."""
     trainer.model.zero_grad()
