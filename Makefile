@@ -23,6 +23,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_grpo.py
 	$(PY) benchmarks/bench_data.py
 
 quality: $(STAMP)

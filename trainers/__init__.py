@@ -1,4 +1,5 @@
-"""Mirage trainers: stage 1 and stage 2 (`MirageSFTTrainer`), their config, collator and model set-up.
+"""Mirage trainers: stage 1 and stage 2 (`MirageSFTTrainer`), stage 3 (`MirageGRPOTrainer`), their configs, collator,
+rewards and model set-up.
 
 The TRL-based names load on first use, so importing the package is cheap (no trl/peft import).
 """
@@ -9,6 +10,10 @@ _LAZY = {
     "MirageDataCollator": "collator",
     "check_example": "collator",
     "MirageSFTConfig": "config",
+    "MirageGRPOConfig": "grpo_config",
+    "MirageGRPOTrainer": "grpo_trainer",
+    "REWARDS": "rewards",
+    "get_reward_funcs": "rewards",
     "freeze_vision_tower": "model_setup",
     "language_model_lora_config": "model_setup",
     "load_model_and_processor": "model_setup",
