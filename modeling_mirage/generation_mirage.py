@@ -314,7 +314,10 @@ class MirageGenerationMixin:
         model_inputs["inputs_embeds"] = torch.where(is_pad.unsqueeze(-1), latent.unsqueeze(1), embeds)
         model_inputs["input_ids"] = None
         if self._latent_trace is not None:
-            self._latent_trace.record_step(cache.get_seq_length(), is_pad[:, 0], latent)
+            # Keyed by the new token's column, read from the host-side shape: a static cache's `get_seq_length()` is a
+            # device tensor that grows in place. What is recorded is the fresh tensor fed (a compiled forward's
+            # outputs, `latent_prev_hidden` among them, may be overwritten by the next call).
+            self._latent_trace.record_step(input_ids.shape[1] - 1, is_pad[:, 0], model_inputs["inputs_embeds"][:, 0])
         return model_inputs
 
     def _latent_slots(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,12 +335,12 @@ class MirageGenerationMixin:
         # The next step may be a latent step: it will be fed this hidden state (rows that emit a pad only).
         model_kwargs["latent_prev_hidden"] = outputs.final_hidden_state
         if self._latent_trace is not None:
-            # How many positions the model has processed so far: the cache length, or without a cache the length
-            # of the position ids (or mask), which the parent just extended by this step's token.
+            # How many positions the model has processed so far: the cache length, or without a cache (or with a
+            # static one, whose length is a device tensor that reading would wait for) the length of the position ids
+            # (or mask), which the parent just extended by this step's token.
             cache = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
-            if cache is not None:
-                length = cache.get_seq_length()
-            else:
+            length = cache.get_seq_length() if cache is not None else None
+            if not isinstance(length, int):
                 tracked = model_kwargs.get("position_ids")
                 tracked = tracked if tracked is not None else model_kwargs["attention_mask"]
                 length = tracked.shape[-1] - 1
