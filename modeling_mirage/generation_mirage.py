@@ -44,6 +44,15 @@ class LatentModeLogitsProcessor(LogitsProcessor):
         self.pad_id, self.start_id, self.end_id = pad_id, start_id, end_id
         self.num_tokens, self.max_tokens, self.rule = num_tokens, max_tokens, rule
         self._state: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (length, in_block, pads) of the last call
+        self._ids: dict[torch.device, torch.Tensor] = {}
+
+    def latent_ids(self, device: torch.device) -> torch.Tensor:
+        """`[pad_id, end_id]` on `device`, made once: building it from a Python list at every step would copy it from
+        the host and, on a GPU, wait for the device."""
+        ids = self._ids.get(device)
+        if ids is None:
+            ids = self._ids[device] = torch.tensor([self.pad_id, self.end_id], device=device)
+        return ids
 
     def block_state(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(in_block (B,), pads_so_far (B,))` for the last position of every row.
@@ -73,9 +82,9 @@ class LatentModeLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         in_block, pads = self.block_state(input_ids)
         neg = float("-inf")
-        latent_ids = torch.tensor([self.pad_id, self.end_id], device=scores.device)
+        latent_ids = self.latent_ids(scores.device)
         outside = scores.index_fill(1, latent_ids, neg)  # a copy: the caller keeps the raw logits
-        if scores.device.type == "cpu" and not bool(in_block.any()):  # common case; asking is free on the CPU only
+        if scores.is_cpu and not bool(in_block.any()):  # common case; asking is free on the CPU only
             return outside
         forced_end = pads >= self.cap
         forced = torch.full_like(scores, neg)
@@ -83,9 +92,9 @@ class LatentModeLogitsProcessor(LogitsProcessor):
         forced.scatter_(1, forced_token.unsqueeze(1), 0.0)
         if self.rule == "predicted":
             # Free choice between another pad and the end (earlier warpers may have pushed both to -inf: then pad).
-            choice = torch.full_like(scores, neg)
-            choice[:, [self.pad_id, self.end_id]] = scores[:, [self.pad_id, self.end_id]]
-            both_masked = (choice[:, [self.pad_id, self.end_id]] <= neg).all(dim=1, keepdim=True)
+            pad_and_end = scores.index_select(1, latent_ids)  # (B, 2)
+            choice = torch.full_like(scores, neg).index_copy_(1, latent_ids, pad_and_end)
+            both_masked = (pad_and_end <= neg).all(dim=1, keepdim=True)
             choice = torch.where(both_masked, forced, choice)
             forced = torch.where(forced_end.unsqueeze(1), forced, choice)
         elif self.rule == "official":
@@ -122,12 +131,11 @@ class _OfficialPadChoice(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         in_block, pads = self.latent.block_state(input_ids)  # (B,), (B,): computed by the first stage at this step
         free = in_block & (pads < self.latent.cap)
-        end_id, pad_id = self.latent.end_id, self.latent.pad_id
-        others = scores.index_fill(1, torch.tensor([end_id], device=scores.device), float("-inf"))
+        pad_and_end = self.latent.latent_ids(scores.device)  # [pad_id, end_id]
+        others = scores.index_fill(1, pad_and_end[1:], float("-inf"))
         pad_score = others.logsumexp(dim=1) if self.do_sample else others.amax(dim=1)  # (B,)
-        choice = torch.full_like(scores, float("-inf"))
-        choice[:, pad_id] = pad_score
-        choice[:, end_id] = scores[:, end_id]
+        chosen = torch.stack([pad_score, scores[:, self.latent.end_id]], dim=1)  # (B, 2)
+        choice = torch.full_like(scores, float("-inf")).index_copy_(1, pad_and_end, chosen)
         return torch.where(free.unsqueeze(1), choice, scores)
 
 
@@ -187,6 +195,16 @@ class _LatentTrace:
                 vectors.append(vector)
             latents.append(torch.stack(vectors) if vectors else sequences.new_zeros((0, hidden_size), dtype=dtype))
         return latents
+
+
+def _latent_slots(input_ids: torch.LongTensor, pad_id: int, start_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(block (B,), pad (B,))` of each row's newest token: the index of its latent block (every block in the row
+    counted) and of the pad within the block; meaningful for rows whose newest token is a pad. Device ops only."""
+    starts = input_ids == start_id
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last_start = torch.where(starts, columns, -1).amax(dim=1, keepdim=True)
+    pads = ((input_ids == pad_id) & (columns > last_start)).sum(dim=1)
+    return (starts.sum(dim=1) - 1).clamp(min=0), (pads - 1).clamp(min=0)
 
 
 @dataclass
@@ -310,7 +328,8 @@ class MirageGenerationMixin:
         embeds = self.get_input_embeddings()(ids)  # (B, 1, D)
         latent = latent_prev_hidden  # (B, D)
         if self._latent_source is not None:
-            latent = self._latent_source(latent, *self._latent_slots(input_ids)).to(embeds.dtype)
+            slots = _latent_slots(input_ids, self.config.latent_pad_token_id, self.config.latent_start_token_id)
+            latent = self._latent_source(latent, *slots).to(embeds.dtype)
         model_inputs["inputs_embeds"] = torch.where(is_pad.unsqueeze(-1), latent.unsqueeze(1), embeds)
         model_inputs["input_ids"] = None
         if self._latent_trace is not None:
@@ -319,16 +338,6 @@ class MirageGenerationMixin:
             # outputs, `latent_prev_hidden` among them, may be overwritten by the next call).
             self._latent_trace.record_step(input_ids.shape[1] - 1, is_pad[:, 0], model_inputs["inputs_embeds"][:, 0])
         return model_inputs
-
-    def _latent_slots(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(block (B,), pad (B,))` of each row's newest token: the index of its latent block (every block in the row
-        counted) and of the pad within the block; meaningful for rows whose newest token is a pad."""
-        pad_id, start_id, _ = self.config.latent_token_ids
-        starts = input_ids == start_id
-        columns = torch.arange(input_ids.shape[1], device=input_ids.device)
-        last_start = torch.where(starts, columns, -1).amax(dim=1, keepdim=True)
-        pads = ((input_ids == pad_id) & (columns > last_start)).sum(dim=1)
-        return (starts.sum(dim=1) - 1).clamp(min=0), (pads - 1).clamp(min=0)
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
