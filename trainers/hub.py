@@ -12,7 +12,7 @@ the model page's files, whichever way it pushes.
   every file of `output_dir` but `checkpoint-*` (e.g. `training_args.bin`, a pickle of the arguments with any
   token, logs, a LoRA run's `mirage-base/`). The checkpoint folder itself is still pushed, as `Trainer` does, when
   `hub_strategy` is `checkpoint` or `all_checkpoints` (that is how a user asks for resumable, optimizer-carrying
-  pushes).
+  pushes), less its `training_args.bin` (it would publish `hub_token`).
 * `train` records the stage on the model, so a later stage's card lists the recipe of every stage before it.
 
 The card reads `<output_dir>/eval/results.json` when there is one (`examples/evaluate_mirage.py --model OUT
@@ -57,7 +57,14 @@ class _PageUploads:
                 commit_message=kwargs.get("commit_message") or "Upload Mirage model",
                 run_as_future=kwargs.get("run_as_future", False),
             )
-        return self.api.upload_folder(folder_path=folder_path, path_in_repo=path_in_repo, **kwargs)
+        # A checkpoint folder pushed for `hub_strategy="checkpoint"`/`"all_checkpoints"`: as `Trainer` sends it (optimizer
+        # and scheduler states are what those strategies are for), but without `training_args.bin`, a pickle of the
+        # arguments that holds `hub_token`; resuming does not read it.
+        ignore = kwargs.pop("ignore_patterns", None)
+        ignore = [ignore] if isinstance(ignore, str) else list(ignore or [])
+        return self.api.upload_folder(
+            folder_path=folder_path, path_in_repo=path_in_repo, ignore_patterns=[*ignore, "training_args.bin"], **kwargs
+        )
 
     def __getattr__(self, name):
         return getattr(self.api, name)
