@@ -420,7 +420,7 @@ def render_model_card(
         tags=all_tags,
         model_name=model_name if results else None,
         eval_results=model_index(results, model_name) if results else None,
-        mirage={"latent_num_tokens": latent_num_tokens, "latent_end_rule": latent_end_rule,
+        mirage={"repo_id": repo_id, "latent_num_tokens": latent_num_tokens, "latent_end_rule": latent_end_rule,
                 "training_stages": [dict(s) for s in training_stages]},
     )  # fmt: skip
     return ModelCard.from_template(
@@ -489,7 +489,7 @@ def write_model_card(
     previous_mirage = previous.get("mirage") or {}
     kwargs.setdefault("latent_num_tokens", config_dict.get("latent_num_tokens", 4))
     kwargs.setdefault("latent_end_rule", config_dict.get("latent_end_rule", "fixed"))
-    kwargs.setdefault("repo_id", folder.name)
+    kwargs.setdefault("repo_id", previous_mirage.get("repo_id") or folder.name)
     kwargs.setdefault("base_model", previous.get("base_model") or "unknown")
     kwargs.setdefault("datasets", previous.get("datasets"))
     kwargs.setdefault("training_stages", previous_mirage.get("training_stages", []))

@@ -559,9 +559,10 @@ class Evaluation:
 
 def config_hash(config) -> str:
     """A short hash of a model config (name and version fields left out), recorded with results so that they can
-    be checked against the model they are attached to. `architectures` is left out too: `save_pretrained` fills it
-    in, and a model evaluated before it is saved must hash as its saved folder does."""
-    ignored = ("_name_or_path", "transformers_version", "architectures")
+    be checked against the model they are attached to. Left out too, so that a model evaluated in memory hashes as
+    its saved folder does: `architectures` (`save_pretrained` fills it in) and `use_cache` (a run-time switch that
+    `Trainer` turns off while training)."""
+    ignored = ("_name_or_path", "transformers_version", "architectures", "use_cache")
     data = {k: v for k, v in config.to_dict().items() if k not in ignored}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -29,6 +29,7 @@ from trainers import MirageSFTTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "someone/mirage-tiny-test"
 DATASET_ID = "someone/vsp-planning-mirage-direct"
 PAGE = {
@@ -209,3 +210,41 @@ def test_results_of_another_model_are_refused(trained, tmp_path):
     (other / "results.json").write_text(json.dumps(results))
     with pytest.raises(ResultsMismatchError, match="not on a Mirage model"):
         write_model_card(folder, results=other / "results.json")
+
+
+def test_update_model_card_rewrites_the_card_from_new_results_and_pushes_it(trained, monkeypatch, tmp_path):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("update_model_card", REPO / "examples" / "update_model_card.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["update_model_card"] = module
+    spec.loader.exec_module(module)
+    hub = FakeHub(monkeypatch)
+    folder = copy_page(trained["output"], tmp_path / "page")
+    new = tmp_path / "new-eval"
+    shutil.copytree(trained["output"] / "eval", new)
+    results = json.loads((new / "results.json").read_text())
+    results["runs"]["plain"]["success_rate"] = 0.75  # a later evaluation of the same model
+    (new / "results.json").write_text(json.dumps(results))
+    (new / "latent_similarity.png").unlink(missing_ok=True)  # not drawn this time: the old one must go
+    try:
+        module.main(["--model-dir", str(folder), "--results", str(new), "--push-to-hub", REPO_ID])
+    finally:
+        sys.modules.pop("update_model_card", None)
+    (commit,) = hub.commits
+    assert commit["message"] == "Update model card and evaluation results"
+    assert json.loads(commit["files"]["eval/results.json"])["runs"]["plain"]["success_rate"] == 0.75
+    assert "eval/latent_similarity.png" not in commit["files"] and "eval/success_by_level.png" in commit["files"]
+    (tmp_path / "README.md").write_bytes(commit["files"]["README.md"])
+    card = ModelCard.load(tmp_path / "README.md")
+    plain = [r for r in card.data.eval_results if r.metric_name.startswith("success rate (n=")]
+    assert [r.metric_value for r in plain] == [0.75]
+    assert card.data.datasets == [DATASET_ID] and 'model_id = "someone/mirage-tiny-test"' in card.text  # kept
+
+    other = json.loads((new / "results.json").read_text())
+    other["model"]["config_hash"] = "ffffffffffffffff"
+    (new / "results.json").write_text(json.dumps(other))
+    with pytest.raises(ResultsMismatchError, match="belongs to another model"):
+        module.main(["--model-dir", str(folder), "--results", str(new), "--push-to-hub", REPO_ID])
+    assert len(hub.commits) == 1
