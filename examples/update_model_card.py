@@ -32,7 +32,8 @@ class UpdateCardArguments:
         metadata={"help": "results.json, or the --output-dir of evaluate_mirage.py (None: keep the folder's eval/)."},
     )
     repo_id: str | None = field(
-        default=None, metadata={"help": "Id shown in the card's snippet (default: --push-to-hub, else the folder name)."}
+        default=None,
+        metadata={"help": "Id shown in the card's snippet (default: --push-to-hub, else the folder name)."},
     )
     notes: str | None = field(default=None, metadata={"help": "A line added to the card's limitations."})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub model repo id to push the page to."})

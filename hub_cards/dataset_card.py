@@ -206,7 +206,9 @@ def push_dataset_folder(
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
-    return api.create_commit(repo_id=repo_id, repo_type="dataset", operations=operations, commit_message=commit_message)
+    return api.create_commit(
+        repo_id=repo_id, repo_type="dataset", operations=operations, commit_message=commit_message
+    )
 
 
 def push_dataset_with_card(

@@ -164,7 +164,9 @@ def model_page_files(folder: str | os.PathLike) -> list[str]:
     except IncompleteModelFolderError as error:
         missing.append(str(error).split(" lacks ", 1)[1].split(" that ", 1)[0])
     if missing:
-        raise IncompleteModelFolderError(f"{folder} is not a complete Mirage model page; missing: {'; '.join(missing)}")
+        raise IncompleteModelFolderError(
+            f"{folder} is not a complete Mirage model page; missing: {'; '.join(missing)}"
+        )
     files += [name for name in ("generation_config.json", "README.md", *PROCESSOR_FILES) if (folder / name).is_file()]
     files += [f"{EXAMPLES_DIR}/{name}" for name in EXAMPLE_FILES]
     files += [f"{EVAL_DIR}/{name}" for name in EVAL_FILES if (folder / EVAL_DIR / name).is_file()]
@@ -177,7 +179,9 @@ def model_page_files(folder: str | os.PathLike) -> list[str]:
 def page_operations(folder: str | os.PathLike) -> list[CommitOperationAdd]:
     """One ``CommitOperationAdd`` per file of :func:`model_page_files`, in order."""
     folder = Path(folder)
-    return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in model_page_files(folder)]
+    return [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in model_page_files(folder)
+    ]
 
 
 def commit_model_page(
@@ -275,9 +279,15 @@ def dataset_of(results: Mapping[str, Any]) -> dict[str, str]:
     """``{"type", "name", "split"}`` of the evaluated data: the official VSP planning test, or the named set."""
     data = results["data"]
     name, tasks = data.get("name"), data.get("tasks") or []
-    if name in (None, OFFICIAL_DATA):
-        return {"type": "vsp-spatial-planning-official-test", "name": "VSP spatial planning, official test", "split": "test"}
+    if name == OFFICIAL_DATA:
+        return {
+            "type": "vsp-spatial-planning-official-test",
+            "name": "VSP spatial planning, official test",
+            "split": "test",
+        }
     title = ", ".join(TASK_TITLES.get(t, t) for t in tasks)
+    if name is None:  # evaluated from Python without naming the data
+        return {"type": "unnamed", "name": f"{title} (unnamed data)", "split": "test"}
     return {"type": str(name), "name": f"{title} ({Path(str(name)).name})", "split": "test"}
 
 
@@ -312,7 +322,10 @@ def _pct(value: float | None) -> str:
 def results_tables(results: Mapping[str, Any]) -> dict[str, Any]:
     """What the card body shows from ``results.json``: markdown tables and a few sentences."""
     runs = results["runs"]
-    lines = ["| run | success | 95% interval | invalid | change vs as generated (95% interval) |", "|---|---:|:---:|---:|:---:|"]
+    lines = [
+        "| run | success | 95% interval | invalid | change vs as generated (95% interval) |",
+        "|---|---:|:---:|---:|:---:|",
+    ]
     for name, run in runs.items():
         lo, hi = run["ci95"]
         change = ""
@@ -328,7 +341,9 @@ def results_tables(results: Mapping[str, Any]) -> dict[str, Any]:
     for name, run in runs.items():
         level_lines.append(
             f"| {RUN_TITLES.get(name, name)} | "
-            + " | ".join(f"{_pct(run['per_level'][lv]['success_rate'])} (n={run['per_level'][lv]['n']})" for lv in levels)
+            + " | ".join(
+                f"{_pct(run['per_level'][lv]['success_rate'])} (n={run['per_level'][lv]['n']})" for lv in levels
+            )
             + " |"
         )
     constant = results.get("baselines", {}).get("best_constant_answer") or {}

@@ -8,9 +8,9 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
-from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
-from huggingface_hub.utils import filter_repo_objects
 from huggingface_hub.hf_api import RepoUrl
+from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
 
 TOKEN = "hf_publishTestTokenDoNotLeak0123456789"
 """A token-shaped secret that must appear in no uploaded file and no output."""
@@ -63,9 +63,11 @@ class FakeHub:
                           run_as_future=False, **kwargs):  # fmt: skip
             # upload_folder's own file selection: relative POSIX paths filtered by the patterns and the defaults
             folder = Path(folder_path)
-            ignore = ([ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or []))
+            ignore = [ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or [])
             names = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
-            chosen = filter_repo_objects(names, allow_patterns=allow_patterns, ignore_patterns=ignore + DEFAULT_IGNORE_PATTERNS)
+            chosen = filter_repo_objects(
+                names, allow_patterns=allow_patterns, ignore_patterns=ignore + DEFAULT_IGNORE_PATTERNS
+            )
             prefix = f"{path_in_repo.strip('/')}/" if path_in_repo else ""
             operations = [CommitOperationAdd(path_in_repo=prefix + n, path_or_fileobj=str(folder / n)) for n in chosen]
             return create_commit(api, repo_id, operations, commit_message=commit_message or "Upload folder",

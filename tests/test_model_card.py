@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 from fake_hub import FakeHub

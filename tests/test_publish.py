@@ -84,7 +84,10 @@ def test_checkpoint_pushes_send_the_page_and_the_asked_for_checkpoint(trained):
     assert hub.repos == [{"repo_id": REPO_ID, "private": True, "repo_type": "model"}]
     during = hub.commits[: trained["during"]]
     # hub_strategy="checkpoint": at the one save, the page at the top level and the checkpoint under last-checkpoint/
-    assert [c["message"] for c in during] == ["Training in progress, step 2", "Training in progress, step 2, checkpoint"]
+    assert [c["message"] for c in during] == [
+        "Training in progress, step 2",
+        "Training in progress, step 2, checkpoint",
+    ]
     assert set(during[0]["files"]) == PAGE
     card = during[0]["files"]["README.md"].decode()
     assert "fine-tuned version of" not in card and "| stage 1 | " in card and "Not evaluated." in card
@@ -248,3 +251,29 @@ def test_update_model_card_rewrites_the_card_from_new_results_and_pushes_it(trai
     with pytest.raises(ResultsMismatchError, match="belongs to another model"):
         module.main(["--model-dir", str(folder), "--results", str(new), "--push-to-hub", REPO_ID])
     assert len(hub.commits) == 1
+
+
+def test_sft_script_push_to_hub_uploads_the_page_with_the_mirage_card(tiny_mirage_dir, monkeypatch, tmp_path):
+    import runpy
+
+    from trl import ModelConfig, TrlParser
+
+    hub = FakeHub(monkeypatch)
+    script = runpy.run_path(str(REPO / "examples" / "sft_mirage.py"), run_name="sft_mirage")
+    parser = TrlParser((script["MirageScriptArguments"], script["MirageSFTConfig"], ModelConfig))
+    output = tmp_path / "run"
+    argv = [
+        "--model_name_or_path", tiny_mirage_dir, "--latent_stage", "1", "--num_train_examples", "4", "--levels", "3",
+        "--max_steps", "1", "--per_device_train_batch_size", "2", "--use_cpu", "true", "--report_to", "none",
+        "--save_strategy", "no", "--output_dir", str(output), "--push_to_hub", "true", "--hub_model_id", REPO_ID,
+        "--hub_token", TOKEN, "--activation_checkpointing", "false", "--disable_tqdm", "true",
+    ]  # fmt: skip
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        script["main"](*parser.parse_args_and_config(argv))
+    (commit,) = hub.commits
+    assert commit["message"] == "Model save" and set(commit["files"]) == PAGE
+    card = commit["files"]["README.md"].decode()
+    assert "fine-tuned version of" not in card and "trust_remote_code=True" in card and "| stage 1 | " in card
+    assert "training_args.bin" in {p.name for p in output.iterdir()}  # saved locally, never sent
+    assert_no_token(hub, printed.getvalue())

@@ -38,6 +38,13 @@ LINEAGE_ATTRIBUTE = "_mirage_card_lineage"
 """Attribute of the (unwrapped) model that carries the base model, datasets and stages of earlier training runs."""
 
 
+def training_lineage(model) -> dict[str, Any] | None:
+    """What the trainers recorded on `model` (PEFT-wrapped or not): `base_model`, `datasets` and `stages` (one dict per
+    training run, in order), as the model card shows them; None if no trainer of this project trained it here."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(model, LINEAGE_ATTRIBUTE, None)
+
+
 class _PageUploads:
     """Stands in for transformers' shared `HfApi` while a parent push runs: the upload of `output_dir` becomes one
     commit of its page files; every other call (repository creation, checkpoint-folder uploads) goes through."""
@@ -63,7 +70,10 @@ class _PageUploads:
         ignore = kwargs.pop("ignore_patterns", None)
         ignore = [ignore] if isinstance(ignore, str) else list(ignore or [])
         return self.api.upload_folder(
-            folder_path=folder_path, path_in_repo=path_in_repo, ignore_patterns=[*ignore, "training_args.bin"], **kwargs
+            folder_path=folder_path,
+            path_in_repo=path_in_repo,
+            ignore_patterns=[*ignore, "training_args.bin"],
+            **kwargs,
         )
 
     def __getattr__(self, name):
@@ -170,7 +180,11 @@ class MirageHubMixin:
         setattr(
             self._unwrapped_model(),
             LINEAGE_ATTRIBUTE,
-            {**lineage, "datasets": lineage["datasets"] + datasets, "stages": lineage["stages"] + [self._stage_summary()]},
+            {
+                **lineage,
+                "datasets": lineage["datasets"] + datasets,
+                "stages": lineage["stages"] + [self._stage_summary()],
+            },
         )
         return output
 
