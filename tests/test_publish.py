@@ -277,3 +277,25 @@ def test_sft_script_push_to_hub_uploads_the_page_with_the_mirage_card(tiny_mirag
     assert "fine-tuned version of" not in card and "trust_remote_code=True" in card and "| stage 1 | " in card
     assert "training_args.bin" in {p.name for p in output.iterdir()}  # saved locally, never sent
     assert_no_token(hub, printed.getvalue())
+
+
+def test_the_parent_hooks_the_mixin_extends_exist():
+    """TRL's card hook and Trainer's push methods (and the shared HfApi they upload through) at the pinned versions."""
+    import inspect
+
+    import transformers.trainer as trainer_module
+    from transformers import Trainer
+    from trl import SFTTrainer
+    from trl.trainer.base_trainer import _BaseTrainer
+
+    from trainers.hub import MirageHubMixin
+
+    assert callable(trainer_module.hf_api)
+    for name in ("push_to_hub", "_push_from_checkpoint", "train"):
+        assert hasattr(Trainer, name) and name in vars(MirageHubMixin)
+    assert list(inspect.signature(_BaseTrainer.create_model_card).parameters) == [
+        "self", "model_name", "dataset_name", "tags"
+    ]  # fmt: skip
+    assert MirageSFTTrainer.__mro__.index(MirageHubMixin) < MirageSFTTrainer.__mro__.index(SFTTrainer)
+    assert "upload_folder" in inspect.getsource(Trainer.push_to_hub)
+    assert inspect.getsource(Trainer._push_from_checkpoint).count("hf_api().upload_folder") == 2
