@@ -70,8 +70,17 @@ class FakeHub:
             )
             prefix = f"{path_in_repo.strip('/')}/" if path_in_repo else ""
             operations = [CommitOperationAdd(path_in_repo=prefix + n, path_or_fileobj=str(folder / n)) for n in chosen]
-            return create_commit(api, repo_id, operations, commit_message=commit_message or "Upload folder",
-                                 repo_type=repo_type, revision=revision, token=token, run_as_future=run_as_future)  # fmt: skip
+            message = commit_message or "Upload folder"
+            return create_commit(
+                api,
+                repo_id,
+                operations,
+                commit_message=message,
+                repo_type=repo_type,
+                revision=revision,
+                token=token,
+                run_as_future=run_as_future,
+            )
 
         monkeypatch.setattr(HfApi, "create_repo", create_repo)
         monkeypatch.setattr(HfApi, "upload_folder", upload_folder)

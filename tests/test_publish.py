@@ -299,3 +299,19 @@ def test_the_parent_hooks_the_mixin_extends_exist():
     assert MirageSFTTrainer.__mro__.index(MirageHubMixin) < MirageSFTTrainer.__mro__.index(SFTTrainer)
     assert "upload_folder" in inspect.getsource(Trainer.push_to_hub)
     assert inspect.getsource(Trainer._push_from_checkpoint).count("hf_api().upload_folder") == 2
+
+
+def test_pushing_lora_checkpoints_during_training_is_refused_before_training(tiny_mirage_dir, monkeypatch, tmp_path):
+    from trainers import language_model_lora_config
+
+    hub = FakeHub(monkeypatch)
+    model, processor = load(tiny_mirage_dir)
+    rows = mirage_tasks.build_dataset("vsp_planning", "mirage-direct", 2, levels=3, seed=0)
+    args = fast_args(tmp_path, latent_stage=1, max_steps=1, push_to_hub=True, hub_model_id=REPO_ID)
+    trainer = MirageSFTTrainer(
+        model=model, args=args, train_dataset=rows, processing_class=processor,
+        peft_config=language_model_lora_config(r=2, lora_alpha=4),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="hub_strategy='every_save'.*set hub_strategy='end'"):
+        trainer.train()
+    assert trainer.state.global_step == 0 and hub.commits == []

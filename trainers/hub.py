@@ -64,7 +64,7 @@ class _PageUploads:
                 commit_message=kwargs.get("commit_message") or "Upload Mirage model",
                 run_as_future=kwargs.get("run_as_future", False),
             )
-        # A checkpoint folder pushed for `hub_strategy="checkpoint"`/`"all_checkpoints"`: as `Trainer` sends it (optimizer
+        # A checkpoint folder pushed for hub_strategy "checkpoint" / "all_checkpoints": as `Trainer` sends it (optimizer
         # and scheduler states are what those strategies are for), but without `training_args.bin`, a pickle of the
         # arguments that holds `hub_token`; resuming does not read it.
         ignore = kwargs.pop("ignore_patterns", None)
@@ -173,7 +173,21 @@ class MirageHubMixin:
         )
 
     def train(self, *args, **kwargs):
-        """`Trainer.train`, then this stage is recorded on the model for the cards of later stages."""
+        """`Trainer.train`, then this stage is recorded on the model for the cards of later stages.
+
+        Refuses, before training, to push adapter checkpoints during training (`push_to_hub` with a PEFT model and a
+        `hub_strategy` other than `end`): a LoRA checkpoint is no complete Mirage model, so its page would be refused
+        at the first save; the merged model is pushed at the end instead (`examples/sft_mirage.py` does).
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        strategy = getattr(self.args.hub_strategy, "value", self.args.hub_strategy)
+        if self.args.push_to_hub and strategy != "end" and hasattr(model, "get_base_model"):
+            raise ValueError(
+                f"push_to_hub with LoRA adapters and hub_strategy={strategy!r}: the checkpoints hold adapters, not a "
+                "complete Mirage model, so they cannot be pushed as a model page; set hub_strategy='end' "
+                "(--hub_strategy end) and push the merged model at the end (examples/sft_mirage.py "
+                "merges and pushes it; from Python: trainers.save_for_hub, then hub_cards.push_model_folder)"
+            )
         lineage = self._card_lineage()
         output = super().train(*args, **kwargs)
         datasets = [name for name in (self.hub_datasets or []) if name not in lineage["datasets"]]
