@@ -83,3 +83,21 @@ def test_a_folder_whose_card_names_a_missing_split_is_refused_before_any_upload(
     with pytest.raises(FileNotFoundError):
         push_dataset_folder(tmp_path, REPO_ID)
     assert hub.repos == [] and hub.commits == []
+
+
+def test_push_dataset_with_card_is_one_commit_too(tmp_path, monkeypatch):
+    import mirage_tasks
+    from hub_cards import push_dataset_with_card, render_dataset_card
+
+    hub = FakeHub(monkeypatch)
+    splits = mirage_tasks.build_splits("jigsaw", "direct", 4, 2, "3", 0, [])
+    card = render_dataset_card(
+        task="jigsaw", variant="direct", split_sizes={n: len(s) for n, s in splits.items()}, levels="3", seed=0,
+        example_completion="x", command="make_dataset", features=splits["train"].features,
+    )  # fmt: skip
+    assert push_dataset_with_card(splits, card, REPO_ID) == f"https://huggingface.co/datasets/{REPO_ID}"
+    (commit,) = hub.commits
+    assert sorted(commit["files"]) == [
+        "README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet"
+    ]  # fmt: skip
+    assert commit["files"]["README.md"].decode() == str(card)
