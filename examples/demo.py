@@ -10,7 +10,8 @@
    latent intervention (zeroed, mean, noise, shuffled, oracle), and show outputs with their latent block;
 6. report the success rate (per level, 95 % interval) next to the untrained model and the best constant answer,
    what each intervention costs, and what the latents hold (similarity across maps, imagination retrieval);
-7. save a Hub-ready folder (safetensors, processor, remote code, model card);
+7. save a Hub-ready folder (safetensors, processor, remote code, generation config, and a model card whose
+   `model-index`, tables, figures and example outputs come from step 5's evaluation);
 8. reload that folder in a fresh Python process outside the repository (`AutoModel`/`AutoProcessor` with
    `trust_remote_code=True`, offline) and check it generates the same outputs.
 
@@ -38,9 +39,10 @@ import yaml
 from PIL import Image
 
 import mirage_tasks
-from hub_cards import write_model_card
+from hub_cards import model_page_files, write_model_card
 from mirage_tasks.evaluation import EvaluationConfig, evaluate, generate_completions, write_outputs
 from trainers import MirageSFTConfig, MirageSFTTrainer, load_model_and_processor, save_for_hub
+from trainers.hub import training_lineage
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "examples" / "recipes" / "tiny"
@@ -202,7 +204,8 @@ def main() -> None:
 
     # 5-6. Evaluation on official maps, with latent interventions -----------------------------------------------------
     start = step(f"5/8 evaluate on {len(eval_rows)} official test maps (greedy), then with the latents intervened on")
-    evaluation = evaluate(model, processor, eval_rows, EvaluationConfig(max_new_tokens=args.max_new_tokens))
+    config = EvaluationConfig(max_new_tokens=args.max_new_tokens)
+    evaluation = evaluate(model, processor, eval_rows, config, data_name="official")
     write_outputs(evaluation, output / "eval")
     results, texts = evaluation.results, evaluation.completions["plain"][0].texts
     plain, k = results["runs"]["plain"], model.config.latent_num_tokens
@@ -247,23 +250,24 @@ def main() -> None:
     # 7. Hub-ready folder --------------------------------------------------------------------------------------------
     start = step("7/8 save a Hub-ready folder")
     folder = save_for_hub(model, processor, output / "mirage-tiny-vsp")
+    # The card: model-index and tables from the evaluation of step 5 (checked to belong to this model), its figures
+    # and example outputs, the recipe both trainers recorded, and a usage snippet whose input is an official map.
     write_model_card(
         folder,
+        results=output / "eval",
+        example_row=eval_rows[0],
         repo_id="mirage-tiny-vsp-demo",
         base_model="embedded tiny Qwen2.5-VL base (random weights, built offline)",
-        training_summary=f"stage 1 ({stage1_args.max_steps} steps) then stage 2 ({stage2_args.max_steps} steps), "
-        f"batch {stage1_args.per_device_train_batch_size}, on a CPU",
-        datasets=f"{len(train)} generated VSP spatial-planning rows (mirage-direct, levels {args.levels})",
-        metrics={
-            f"VSP planning success, official test slice ({plain['n']} maps, greedy)": f"{plain['success_rate']:.3f}",
-            "same slice, untrained model": f"{before_score:.3f}",
-            f"same slice, constant answer {constant['answer']!r}": f"{constant['success_rate']:.3f}",
-            "same slice, latents zeroed": f"{results['runs']['zero']['success_rate']:.3f}",
-        },
-        notes="A demonstration of the training pipeline on a random tiny model, not a useful planner.",
+        training_stages=training_lineage(model)["stages"],
+        datasets=[f"{len(train)} generated VSP spatial-planning rows (mirage-direct, levels {args.levels}, seed 0)"],
+        notes="A demonstration of the training pipeline on a random tiny model trained for minutes on a CPU, not a "
+        "useful planner: compare it with the best constant answer, not with the paper's Qwen2.5-VL-7B results.",
     )
-    files = sorted(p.name for p in folder.iterdir())
-    rows_table.append(("save Hub-ready folder", time.perf_counter() - start, f"{folder} ({len(files)} files)"))
+    page = model_page_files(folder)  # a complete page: exactly what a push would upload
+    rows_table.append(
+        ("save Hub-ready folder", time.perf_counter() - start,
+         f"{folder} ({len(page)} page files, card with the results above; push with examples/update_model_card.py)")
+    )  # fmt: skip
 
     # 8. Fresh-process reload ----------------------------------------------------------------------------------------
     start = step("8/8 reload in a fresh process (AutoModel, trust_remote_code, offline) and generate again")

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None):
           f"on {device}; {len(rows)} problems from {args.data}", flush=True)  # fmt: skip
 
     start = time.perf_counter()
-    evaluation = evaluate(model, processor, rows, config, model_name=args.model)
+    evaluation = evaluate(model, processor, rows, config, model_name=args.model, data_name=args.data)
     seconds = time.perf_counter() - start
     generations = len(rows) * config.num_samples * len(evaluation.completions)
     evaluation.results["timing"] = {

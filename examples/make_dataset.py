@@ -2,12 +2,15 @@
 
     python examples/make_dataset.py --task vsp_planning --variant mirage-direct \
         --n-train 1000 --n-test 200 --levels 3-6 --seed 0 --output-dir data/vsp_planning-mirage-direct \
-        [--push-to-hub user/vsp-planning-mirage-direct]
+        [--push-to-hub user/vsp-planning-mirage-direct [--private] [--hub-token TOKEN]]
 
 The output folder is laid out like a Hub dataset repository: ``data/train-*.parquet``, ``data/test-*.parquet`` and
 a ``README.md`` dataset card; ``datasets.load_dataset(output_dir)`` reads it back. The same seed always gives the
 same data. Train and test never share a map, and neither contains a map of the official VSP planning test set
 (``--exclude-official``: on by default, from the copy of the test set shipped with ``mirage_tasks``).
+
+``--push-to-hub`` uploads that folder's splits (images embedded in the parquet files) and card in one commit. The
+token comes from ``--hub-token`` or the environment (``HF_TOKEN``, or ``hf auth login``) and is never printed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import datasets
 from transformers import HfArgumentParser
 
 import mirage_tasks
-from hub_cards import push_dataset_with_card, render_dataset_card
+from hub_cards.dataset_card import push_dataset_folder, render_dataset_card
 from mirage_tasks.official import PLANNING_TEST, official_path
 
 
@@ -56,6 +59,9 @@ class MakeDatasetArguments:
     )
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub dataset repo id to push data and card to."})
     private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+    hub_token: str | None = field(
+        default=None, metadata={"help": "Hub token with write access (default: $HF_TOKEN or the saved login)."}
+    )
 
 
 def official_exclusion(spec: str) -> tuple[list, str]:
@@ -109,14 +115,16 @@ def main(argv: list[str] | None = None) -> datasets.DatasetDict:
         command=command_line(args),
         excluded_official=len(exclude),
         repo_id=args.push_to_hub or args.output_dir,
+        features=splits["train"].features,
+        helper_step=args.helper_step,
     )
     card.save(out / "README.md")
     print(
         f"wrote {', '.join(f'{len(s)} {n}' for n, s in splits.items())} rows and README.md to {out}", file=sys.stderr
     )
     if args.push_to_hub:
-        url = push_dataset_with_card(splits, card, args.push_to_hub, private=args.private)
-        print(f"pushed to {url}", file=sys.stderr)
+        push_dataset_folder(out, args.push_to_hub, private=args.private, token=args.hub_token)
+        print(f"pushed data and card to https://huggingface.co/datasets/{args.push_to_hub}", file=sys.stderr)
     return splits
 
 

@@ -25,6 +25,12 @@ come from three dataclasses: `MirageScriptArguments` (data), `trainers.MirageSFT
 Evaluation (`--eval_strategy steps`) uses the dataset's `dataset_test_split`, or a generated test split without
 `dataset_name`; `--resume_from_checkpoint true` resumes from the last checkpoint in `output_dir`.
 
+The output folder gets the Mirage model card (training recipe of every stage so far, training data, and, once
+`examples/evaluate_mirage.py --model OUT --output-dir OUT/eval` has run, the results). `--push_to_hub true
+--hub_model_id user/name` (token: `--hub_token` or `HF_TOKEN`; `--hub_private_repo true`) uploads the model page at
+the end: weights, processor, remote code, generation config, card, nothing else (see docs/publishing.md);
+`--hub_strategy checkpoint` also pushes the last checkpoint, with its optimizer state, under `last-checkpoint/`.
+
 The model is a Mirage checkpoint, a Qwen2.5-VL checkpoint (converted on the fly, k = `latent_num_tokens`), or `tiny`
 (the embedded tiny base). The data is a canonical task dataset (`dataset_name`: a folder written by
 `examples/make_dataset.py` or a Hub id) or, without `dataset_name`, generated on the fly from the task suite, with the
@@ -214,14 +220,26 @@ def main(script_args: MirageScriptArguments, training_args: MirageSFTConfig, mod
         processing_class=processor,
         peft_config=peft_config,
     )
+    if script_args.dataset_name:
+        trainer.hub_datasets = [script_args.dataset_name]  # named on the card (in its metadata when a Hub id)
     trainer.train(resume_from_checkpoint=resume)
 
     if peft_config is not None and script_args.merge_lora:
         if trainer.accelerator.is_main_process:
             save_for_hub(trainer.accelerator.unwrap_model(trainer.model), processor, training_args.output_dir)
+            trainer.create_model_card()
+            if training_args.push_to_hub:  # the merged model, not the adapters Trainer would save and push
+                from hub_cards import push_model_folder
+
+                push_model_folder(
+                    training_args.output_dir, trainer.hub_model_id, private=training_args.hub_private_repo,
+                    token=training_args.hub_token, revision=training_args.hub_revision, commit_message="End of training",
+                )  # fmt: skip
         trainer.accelerator.wait_for_everyone()
     else:
-        trainer.save_model(training_args.output_dir)
+        trainer.save_model(training_args.output_dir)  # with --push_to_hub, also pushes the page (card included)
+        if not training_args.push_to_hub:
+            trainer.create_model_card()
     if script_args.print_weight_digest:
         state = PartialState()
         digest = weight_digest(trainer.accelerator.unwrap_model(trainer.model))

@@ -1,16 +1,22 @@
-"""Dataset cards for generated task data: render with huggingface_hub's ``DatasetCard``, push with ``push_to_hub``.
+"""Dataset cards for generated task data, and the one commit that pushes a dataset with its card.
 
-The card's YAML header names the parquet files under ``data/`` as the ``train``/``test`` splits (``configs``), so a
-folder written by ``examples/make_dataset.py`` is laid out exactly like a Hub dataset repository and loads with
-``load_dataset(folder)`` or, once pushed, ``load_dataset(repo_id)``.
+The card's YAML header names the parquet files under ``data/`` as the splits (``configs``) and carries the features
+and split sizes (``dataset_info``), so a folder written by ``examples/make_dataset.py`` is laid out exactly like a
+Hub dataset repository and loads with ``load_dataset(folder)`` or, once pushed, ``load_dataset(repo_id)``.
+:func:`push_dataset_folder` uploads that folder -- every split's parquet files (images embedded) and the card -- in a
+single commit, so the repository never holds data without its card or a half-written card.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-from huggingface_hub import DatasetCard, DatasetCardData
+from huggingface_hub import CommitOperationAdd, DatasetCard, DatasetCardData, HfApi
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "dataset_card.md"
 
@@ -43,6 +49,22 @@ _VARIANT_TEXT = {
 }
 
 
+_HELPER_STEP_TEXT = {
+    "decisive": "the map at the step that decides the outcome (where the plan falls into a hole, reaches the goal, "
+    "or ends)",
+    "random": "the map at a random step of the plan (as in the official samples)",
+}
+
+
+def generator_version() -> str:
+    """The version of the installed ``mirage-vlm`` distribution (the task generators'), or ``"source"`` when run
+    from a checkout that is not installed."""
+    try:
+        return metadata.version("mirage-vlm")
+    except metadata.PackageNotFoundError:
+        return "source"
+
+
 def _size_category(rows: int) -> str:
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
         if rows < limit:
@@ -62,6 +84,8 @@ def render_dataset_card(
     excluded_official: int = 0,
     repo_id: str = "path/to/this/folder",
     license: str = "apache-2.0",
+    features=None,
+    helper_step: str = "decisive",
 ) -> DatasetCard:
     """Fill the dataset card template for one generated task dataset.
 
@@ -75,6 +99,8 @@ def render_dataset_card(
         excluded_official: how many official test maps were kept out of the data (0 = none).
         repo_id: the Hub repository shown in the loading snippet.
         license: the card's license identifier.
+        features: the rows' ``datasets.Features``, written to the metadata (``dataset_info``) and listed.
+        helper_step: VSP reasoning only: which step the helper image shows (``decisive`` or ``random``).
     """
     title, description = _TASK_TEXT[task]
     card_data = DatasetCardData(
@@ -91,7 +117,11 @@ def render_dataset_card(
                 "data_files": [{"split": name, "path": f"data/{name}-*.parquet"} for name in split_sizes],
             }
         ],
-    )
+        dataset_info=_dataset_info(features, split_sizes),
+        mirage={"generator": "mirage-vlm", "generator_version": generator_version(), "task": task,
+                "variant": variant, "levels": str(levels), "seed": seed, "helper_step": helper_step,
+                "excluded_official_test_maps": excluded_official},
+    )  # fmt: skip
     return DatasetCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
@@ -108,24 +138,89 @@ def render_dataset_card(
         example_completion=example_completion,
         command=command,
         repo_id=repo_id,
+        generator_version=generator_version(),
+        helper_step=_HELPER_STEP_TEXT[helper_step] if task == "vsp_reasoning" else None,
+        feature_lines=[f"`{name}`: {_describe(feature)}" for name, feature in (features or {}).items()],
+    )
+
+
+def _describe(feature) -> str:
+    """A short type description of a ``datasets`` feature for the card."""
+    import datasets
+
+    if isinstance(feature, datasets.Image):
+        return "image"
+    if isinstance(feature, datasets.Value):
+        return feature.dtype
+    if isinstance(feature, (list, datasets.Sequence)) or hasattr(feature, "feature"):
+        inner = feature[0] if isinstance(feature, list) else feature.feature
+        return f"list of {_describe(inner)}"
+    if isinstance(feature, dict):
+        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in feature.items()) + "}"
+    return type(feature).__name__
+
+
+def _dataset_info(features, split_sizes: Mapping[str, int]) -> dict[str, Any] | None:
+    """``dataset_info`` metadata as ``datasets`` writes it: features and split sizes."""
+    if features is None:
+        return None
+    return {
+        "features": features._to_yaml_list(),
+        "splits": [{"name": name, "num_examples": size} for name, size in split_sizes.items()],
+    }
+
+
+def dataset_folder_files(folder: str | os.PathLike) -> list[str]:
+    """The files of a dataset folder that make its Hub repository: ``README.md`` and the parquet files of every split
+    its card names (``data/<split>-*.parquet``). Raises ``FileNotFoundError`` naming what is missing."""
+    folder = Path(folder)
+    if not (folder / "README.md").is_file():
+        raise FileNotFoundError(f"{folder} has no README.md dataset card: write it with render_dataset_card(...).save")
+    card = DatasetCard.load(folder / "README.md")
+    files = ["README.md"]
+    for config in card.data.get("configs") or []:
+        for entry in config["data_files"]:
+            found = sorted(p.relative_to(folder).as_posix() for p in folder.glob(entry["path"]))
+            if not found:
+                raise FileNotFoundError(f"{folder}: the card names split {entry['split']!r} as {entry['path']}, but "
+                                        "no such file exists")  # fmt: skip
+            files += found
+    if len(files) == 1:
+        raise FileNotFoundError(f"{folder}/README.md names no data files (configs)")
+    return files
+
+
+def push_dataset_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload dataset with its card",
+):
+    """Create the dataset repository if needed and upload the card and every split's parquet files in one commit.
+    ``token`` defaults to the environment (``HF_TOKEN`` or the saved login) and is never printed. Returns the
+    ``CommitInfo``."""
+    folder = Path(folder)
+    files = dataset_folder_files(folder)  # checked before anything is sent
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
+    return api.create_commit(
+        repo_id=repo_id, repo_type="dataset", operations=operations, commit_message=commit_message
     )
 
 
 def push_dataset_with_card(
     dataset_dict, card: DatasetCard, repo_id: str, *, private: bool | None = None, token: str | None = None
 ) -> str:
-    """Push a ``datasets.DatasetDict`` with ``push_to_hub``, then replace the automatic README with ``card``.
-
-    The YAML that ``datasets`` writes (``dataset_info``, ``configs``) is kept: it is copied into ``card`` before
-    the card is pushed. Returns the dataset's Hub URL.
-    """
-    dataset_dict.push_to_hub(repo_id, private=private, token=token)
-    try:
-        pushed = DatasetCard.load(repo_id, repo_type="dataset", token=token)
-        for key in ("dataset_info", "configs"):
-            if key in pushed.data:
-                card.data[key] = pushed.data[key]
-    except Exception:  # no README came back: keep the card's own configs
-        pass
-    card.push_to_hub(repo_id, repo_type="dataset", token=token)
+    """Push a ``datasets.DatasetDict`` and ``card`` in one commit: each split written as
+    ``data/<split>-00000-of-00001.parquet`` (images embedded), the card as ``README.md`` (its ``configs`` must name
+    those files, as :func:`render_dataset_card` does). Returns the dataset's Hub URL."""
+    with tempfile.TemporaryDirectory() as staging:
+        (Path(staging) / "data").mkdir()
+        for name, split in dataset_dict.items():
+            split.to_parquet(str(Path(staging) / "data" / f"{name}-00000-of-00001.parquet"))
+        card.save(str(Path(staging) / "README.md"))
+        push_dataset_folder(staging, repo_id, private=private, token=token)
     return f"https://huggingface.co/datasets/{repo_id}"

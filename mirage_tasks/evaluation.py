@@ -559,13 +559,22 @@ class Evaluation:
 
 def config_hash(config) -> str:
     """A short hash of a model config (name and version fields left out), recorded with results so that they can
-    be checked against the model they are attached to."""
-    data = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    be checked against the model they are attached to. Left out too, so that a model evaluated in memory hashes as
+    its saved folder does: `architectures` (`save_pretrained` fills it in) and `use_cache` (a run-time switch that
+    `Trainer` turns off while training)."""
+    ignored = ("_name_or_path", "transformers_version", "architectures", "use_cache")
+    data = {k: v for k, v in config.to_dict().items() if k not in ignored}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def evaluate(model, processor, rows: Sequence[dict], config: EvaluationConfig | None = None, *, model_name=None):
+def evaluate(
+    model, processor, rows: Sequence[dict], config: EvaluationConfig | None = None, *, model_name=None, data_name=None
+):
     """Score ``model`` on ``rows``: the plain run, every intervention (Mirage models), and latent diagnostics.
+
+    ``model_name`` and ``data_name`` are recorded in ``results.json`` (``model.name_or_path``, ``data.name``): what was
+    evaluated, on what (``"official"`` for the official VSP planning test, else a dataset path or Hub id); model cards
+    name the dataset from it.
 
     Returns an :class:`Evaluation`; write it with :func:`write_outputs`.
     """
@@ -616,6 +625,7 @@ def evaluate(model, processor, rows: Sequence[dict], config: EvaluationConfig | 
             "latent_num_tokens": k or None,
         },
         "data": {
+            "name": data_name,
             "n": len(rows),
             "tasks": sorted({row["task"] for row in rows}),
             "levels": sorted({int(row["level"]) for row in rows}),

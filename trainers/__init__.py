@@ -20,6 +20,7 @@ _LAZY = {
     "merge_lora": "model_setup",
     "save_for_hub": "model_setup",
     "MirageSFTTrainer": "sft_trainer",
+    "MirageHubMixin": "hub",
 }
 
 

@@ -42,6 +42,7 @@ from modeling_mirage.processing_mirage import check_latent_token_ids
 
 from .collator import ROW_INDEX_COLUMN, MirageDataCollator, check_example
 from .config import MirageSFTConfig
+from .hub import MirageHubMixin
 from .model_setup import (
     check_saved_image_scale,
     checkpoint_model_type,
@@ -104,7 +105,7 @@ def mean_pairwise_cosine(targets: torch.Tensor, k: int) -> torch.Tensor | None:
     return (off_diagonal / (blocks * (blocks - 1))).mean()
 
 
-class MirageSFTTrainer(SFTTrainer):
+class MirageSFTTrainer(MirageHubMixin, SFTTrainer):
     """Stage 1 and stage 2 of Mirage training (arXiv 2506.17218), on top of `trl.SFTTrainer`.
 
     Args:
@@ -121,6 +122,9 @@ class MirageSFTTrainer(SFTTrainer):
     Logs, besides TRL's metrics: `ce_loss` (mean token NLL of the batch), and in stage 1 `latent_loss` and
     `latent_target_cosine` (mean pairwise cosine of the targets across blocks of the batch; near 1.0 they carry no
     information about the helper image, and a falling cosine loss then teaches nothing).
+
+    Hub: `push_to_hub` (and `--push_to_hub`, `hub_strategy` checkpoint pushes) upload the Mirage model page only,
+    with the Mirage model card in place of TRL's (see [`trainers.hub.MirageHubMixin`]).
     """
 
     _tag_names = ["trl", "sft", "mirage"]
