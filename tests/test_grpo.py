@@ -301,6 +301,10 @@ def test_a_few_steps_change_the_weights_and_keep_the_latent_protocol(tiny_mirage
     assert not [n for n in changed if n.startswith("model.visual.")]  # the vision tower stays frozen
     logged = [entry for entry in trainer.state.log_history if "reward" in entry]
     assert len(logged) == 2 and all("kl" in entry for entry in logged)
+    # The card TRL's hook writes is the Mirage card, with this run as its GRPO stage.
+    trainer.create_model_card()
+    card = (tmp_path / "README.md").read_text()
+    assert "pipeline_tag: image-text-to-text" in card and "GRPO" in card and "fine-tuned version of" not in card
 
     # The trained model still decodes latent blocks of exactly k pads, and replays its own rollouts exactly.
     model.eval()

@@ -42,6 +42,7 @@ from trl import GRPOTrainer
 from modeling_mirage import LATENT_PLACEHOLDER, MirageProcessor
 
 from .grpo_config import MirageGRPOConfig
+from .hub import MirageHubMixin
 from .model_setup import (
     TINY_BASE,
     checkpoint_model_type,
@@ -94,7 +95,7 @@ def check_reference_source(source: str, model_type: str | None, args: MirageGRPO
     )
 
 
-class MirageGRPOTrainer(GRPOTrainer):
+class MirageGRPOTrainer(MirageHubMixin, GRPOTrainer):
     """Stage 3 of Mirage training (GRPO through the latent loop, arXiv 2506.17218), on top of `trl.GRPOTrainer`.
 
     Args:
