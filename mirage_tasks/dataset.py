@@ -291,6 +291,8 @@ def rows_to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
         }
         for row in rows
     ]
+    if not encoded:  # `from_list([])` loses the schema
+        return datasets.Dataset.from_dict({name: [] for name in FEATURES}, features=FEATURES)
     return datasets.Dataset.from_list(encoded, features=FEATURES)
 
 

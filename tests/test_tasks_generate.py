@@ -201,3 +201,8 @@ def test_a_clause_holding_the_latent_placeholder_is_a_data_error():
     for variant, counts in [("cot", "1 <output_image> placeholders for 0"), ("mirage-cot", "2 <output_image> placeholders for 1")]:  # fmt: skip
         with pytest.raises(mirage_tasks.TaskDataError, match=f"row x field 'completion': {counts} helper images"):
             to_row(sample, "vsp_planning", variant, "x")
+
+
+def test_an_empty_split_keeps_the_schema():
+    empty = mirage_tasks.rows_to_dataset([])
+    assert len(empty) == 0 and empty.features == mirage_tasks.FEATURES
