@@ -65,13 +65,15 @@ def arm_plan(arm: str, recipe: dict) -> dict:
     raise SystemExit(f"unknown arm {arm!r}")
 
 
-def grpo_hook(model, processor, train, recipe: dict, output: Path):
+def grpo_hook(model, processor, train, recipe: dict, output: Path, check_only: bool = False):
     """Stage 3 (GRPO) for the `mirage-grpo` arm: runs `trainers.MirageGRPOTrainer` when the package provides it;
-    returns None (arm not run) otherwise."""
+    returns None (arm not run) otherwise. With `check_only`, returns True when it would run."""
     import trainers
 
     if not hasattr(trainers, "MirageGRPOTrainer"):
         return None
+    if check_only:
+        return True
     raise NotImplementedError("wire trainers.MirageGRPOTrainer here: reward = 0.9 accuracy + 0.1 format")
 
 
@@ -96,6 +98,8 @@ def train_and_evaluate(arm: str, seed: int, recipe: dict, output: Path) -> dict:
 
     torch.set_num_threads(1)
     plan = arm_plan(arm, recipe)
+    if plan.get("grpo") and grpo_hook(None, None, None, recipe, output, check_only=True) is None:
+        return {"arm": arm, "seed": seed, "skipped": "no GRPO trainer in this package yet"}
     start = time.perf_counter()
     cpu_start = time.process_time()
     model, processor = load_model_and_processor(recipe["base"], plan["k"], image_scale=recipe["image_scale"])

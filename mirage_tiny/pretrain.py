@@ -311,9 +311,10 @@ def pretrain_tiny_base(cfg: Stage0Config, log=print) -> dict:
     rng = random.Random(cfg.seed)
     history, probe_losses = [], []
 
-    def evaluate(step: int, loss: float) -> None:
+    def evaluate(step: int, loss: float | None) -> None:
         model.eval()
-        record = {"step": step, "loss": round(loss, 4), "cpu_s": round(time.process_time() - start_time, 1)}
+        record = {"step": step, "loss": None if loss is None else round(loss, 4)}
+        record["cpu_s"] = round(time.process_time() - start_time, 1)
         if probe_losses:
             record["probe_loss"] = round(sum(probe_losses) / len(probe_losses), 4)
             probe_losses.clear()
@@ -327,7 +328,7 @@ def pretrain_tiny_base(cfg: Stage0Config, log=print) -> dict:
         log(json.dumps(record))
 
     model.train()
-    evaluate(0, float("nan"))
+    evaluate(0, None)
     step, running = 0, []
     for levels, steps in phases:
         for _ in range(steps):
