@@ -38,6 +38,8 @@ from .base import build_tiny_base
 
 __all__ = [
     "STAGE0_TASKS",
+    "base_report",
+    "cell_labels",
     "Stage0Config",
     "grid_text",
     "make_example",
@@ -371,3 +373,48 @@ def pretrain_tiny_base(cfg: Stage0Config, log=print) -> dict:
     }
     (output / "stage0_log.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def base_report(folder: str | Path, *, maps_per_level: int = 64, seed: int = 123, image_scale: float = 0.4375) -> dict:
+    """What a stage-0 base knows, measured on fresh maps (official test maps excluded) and on the official test:
+
+    - `grid` / `path`: per level 3-6, the share of maps whose grid text / arrow moves it reads exactly (teacher-forced
+      argmax of every answer token, which equals its greedy output);
+    - `target_cosine`: mean pairwise cosine of the stage-1 targets (k = 4) of helper images of level-4 maps;
+    - `planning`: its success on the official 400-map planning test (greedy, converted to Mirage with the same image
+      resize, no training on planning) beside the best constant answer.
+    """
+    import mirage_tasks
+    from mirage_tasks.evaluation import EvaluationConfig, evaluate, load_rows
+    from mirage_tasks.vsp import draw_path, random_map, shortest_path
+    from trainers.model_setup import load_model_and_processor
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    exclude = {mirage_tasks.map_key(m) for m in mirage_tasks.official_test_maps()}
+    rng = random.Random(seed)
+    report: dict = {"grid": {}, "path": {}}
+    for task in ("grid", "path"):
+        for level in (3, 4, 5, 6):
+            rows = [make_example(rng, task, level, exclude) for _ in range(maps_per_level)]
+            report[task][str(level)] = round(_exact_match(model, _encode(processor, rows, image_scale)), 3)
+    helpers = []
+    for _ in range(maps_per_level):
+        grid = np.asarray(random_map(rng, 4), dtype=np.int8)
+        helpers.append(draw_path(grid, shortest_path(grid)))
+    report["target_cosine"] = round(target_diversity(model, processor, helpers, 4, image_scale), 4)
+    mirage, mirage_processor = load_model_and_processor(str(folder), 4, image_scale=image_scale)
+    result = evaluate(
+        mirage.eval(),
+        mirage_processor,
+        load_rows("official"),
+        EvaluationConfig(batch_size=32, max_new_tokens=24, interventions=(), diagnostics=False),
+    ).results
+    plain = result["runs"]["plain"]
+    report["planning"] = {
+        "success_rate": plain["success_rate"],
+        "per_level": {lv: g["success_rate"] for lv, g in plain["per_level"].items()},
+        "invalid_rate": plain["invalid_rate"],
+        "best_constant_answer": result["baselines"]["best_constant_answer"],
+    }
+    return report
