@@ -114,3 +114,16 @@ def test_shipped_base_is_small_loads_by_name_and_tells_helper_images_apart(tiny_
         cosines[name] = target_diversity(model, processor, helpers, 4, 0.4375)
     assert cosines["random"] > 0.95  # the random tower hardly tells the helper images apart
     assert cosines["pretrained"] < 0.9, cosines  # the pretrained one does
+
+
+def test_stage0_recipe_parses_and_is_the_one_the_shipped_base_was_built_with():
+    from trl import TrlParser
+
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "recipes" / "tiny" / "stage0.yaml"
+    (config,) = TrlParser((Stage0Config,)).parse_args_and_config(args=["--config", str(recipe)])
+    assert config.output_dir == "mirage_tiny/pretrained" and config.cell_probe_weight == 1.0
+    assert sum(steps for _, steps in parse_curriculum(config.curriculum)) == 1500
+    from dataclasses import asdict
+
+    shipped = json.loads((PRETRAINED_DIR / "stage0_log.json").read_text())["config"]
+    assert shipped == asdict(config)
