@@ -191,7 +191,7 @@ def aggregate(records: list[dict]) -> dict:
         entry: dict = {"seeds": [r["seed"] for r in runs]}
         for split in ("official", "heldout"):
             plain = [r["results"][split]["runs"]["plain"] for r in runs]
-            entry[split] = {"all": _mean_std([p["success_rate"] for p in plain])}
+            entry[split] = {"all": _mean_std([p["success_rate"] for p in plain]), "n": plain[0]["n"]}
             for level in plain[0]["per_level"]:
                 entry[split][level] = _mean_std([p["per_level"][level]["success_rate"] for p in plain])
             entry[split]["constant"] = runs[0]["results"][split]["baselines"]["best_constant_answer"]["success_rate"]
@@ -233,7 +233,11 @@ def markdown(table: dict, command: str, machine: str, wall: float, recipe: dict)
         if not arms:
             continue
         levels = [lv for lv in table[arms[0]][split] if lv.isdigit()]
-        lines += [f"### {title}", "", "| arm | seeds | all | " + " | ".join(f"level {lv}" for lv in levels) + " |"]
+        lines += [
+            f"### {title} ({table[arms[0]][split]['n']} maps)",
+            "",
+            "| arm | seeds | all | " + " | ".join(f"level {lv}" for lv in levels) + " |",
+        ]
         lines.append("| --- | ---: | ---: |" + " ---: |" * len(levels))
         for arm in arms:
             e = table[arm]

@@ -42,7 +42,11 @@ def test_every_arm_takes_the_same_steps(study, recipe):
 
 def _record(arm: str, seed: int, rate: float, zero: float = 0.0) -> dict:
     def run(value, difference=None):
-        entry = {"success_rate": value, "per_level": {"3": {"success_rate": value}, "4": {"success_rate": value}}}
+        entry = {
+            "n": 2,
+            "success_rate": value,
+            "per_level": {"3": {"success_rate": value}, "4": {"success_rate": value}},
+        }
         if difference is not None:
             entry["difference"] = {"value": difference}
         return entry
