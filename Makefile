@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench quality clean
+.PHONY: install test demo base reproduce reproduce-quick bench quality clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,17 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/demo.py --output-dir outputs/demo
+
+# Rebuilds the shipped pretrained tiny base (mirage_tiny/pretrained) from the stage-0 recipe: one CPU thread, seeded.
+base: $(STAMP)
+	$(PY) examples/pretrain_tiny_base.py --config examples/recipes/tiny/stage0.yaml
+
+# The reproduction study (Direct / CoT / Mirage / Mirage without stage 1, seeds, ablations); writes docs/results.md.
+reproduce: $(STAMP)
+	$(PY) examples/reproduce.py --output-dir outputs/reproduce
+
+reproduce-quick: $(STAMP)
+	$(PY) examples/reproduce.py --quick --output-dir outputs/reproduce-quick
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_generate.py

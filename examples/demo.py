@@ -111,7 +111,13 @@ def main() -> None:
         help="an official data folder or test_direct.jsonl (default: $MIRAGE_OFFICIAL_DATA, else the copy shipped "
         "with mirage_tasks)",
     )
-    parser.add_argument("--train-examples", type=int, default=1024)
+    parser.add_argument(
+        "--base",
+        default="tiny-pretrained",
+        help="the Qwen2.5-VL base to convert: tiny-pretrained (the shipped tiny base that reads VSP maps, `make base`), "
+        "tiny (the random one) or a folder",
+    )
+    parser.add_argument("--train-examples", type=int, default=2048)
     parser.add_argument("--levels", default="3-4", help="levels of the generated training maps")
     parser.add_argument("--stage1-steps", type=int, default=None, help="default: the tiny stage-1 recipe's")
     parser.add_argument("--stage2-steps", type=int, default=None, help="default: the tiny stage-2 recipe's")
@@ -139,18 +145,18 @@ def main() -> None:
         return time.perf_counter()
 
     # 1. Base and conversion ---------------------------------------------------------------------------------------
-    start = step("1/8 build the tiny Qwen2.5-VL base and convert it to Mirage")
+    start = step(f"1/8 load the tiny Qwen2.5-VL base ({args.base}) and convert it to Mirage")
     stage1_args = recipe_config(1, output / "stage1", disable_tqdm=False)
     if args.stage1_steps is not None:
         stage1_args.max_steps = args.stage1_steps
     # The recipe's image_scale becomes the processor's setting here, and is saved with it.
     model, processor = load_model_and_processor(
-        "tiny", stage1_args.latent_num_tokens, tiny_cache_dir=output / "cache", image_scale=stage1_args.image_scale
+        args.base, stage1_args.latent_num_tokens, tiny_cache_dir=output / "cache", image_scale=stage1_args.image_scale
     )
     params = sum(p.numel() for p in model.parameters())
     ids = model.config.latent_token_ids
     rows_table.append(
-        ("build tiny base + convert", time.perf_counter() - start,
+        (f"load {args.base} + convert", time.perf_counter() - start,
          f"{params / 1e6:.2f} M params, k={model.config.latent_num_tokens}, latent ids {ids[0]}-{ids[2]}, "
          f"image scale {processor.image_scale}")
     )  # fmt: skip

@@ -34,13 +34,18 @@ from modeling_mirage.processing_mirage import check_image_scale, check_latent_nu
 TINY_BASE = "tiny"
 """Model name that means the embedded tiny Qwen2.5-VL base (built offline on first use)."""
 
+TINY_PRETRAINED = "tiny-pretrained"
+"""Model name that means the shipped tiny base pretrained by stage 0 (`mirage_tiny/pretrained`, rebuilt by
+`make base`)."""
+
 REMOTE_CODE_FILES = ("configuration_mirage.py", "generation_mirage.py", "modeling_mirage.py", "processing_mirage.py")
 LANGUAGE_MODEL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 ACCEPTED_MODELS = (
     "model_name_or_path takes a local folder holding a Qwen2.5-VL or Mirage checkpoint (with its config.json), a Hub "
-    "id such as 'Qwen/Qwen2.5-VL-7B-Instruct', or 'tiny' (the embedded tiny base)"
+    "id such as 'Qwen/Qwen2.5-VL-7B-Instruct', 'tiny' (the embedded random tiny base) or 'tiny-pretrained' (the "
+    "shipped tiny base pretrained to read VSP maps)"
 )
 MODEL_TYPES = {"mirage": "a Mirage checkpoint", "qwen2_5_vl": "a Qwen2.5-VL checkpoint, converted on load"}
 
@@ -107,8 +112,8 @@ def check_model_type(name: str, model_type: str, config: dict | None = None) -> 
 
 
 def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """`"tiny"` -> the embedded tiny base's folder (built once, cached in `cache_dir` if given); a local folder or a Hub
-    id as is.
+    """`"tiny"` -> the embedded tiny base's folder (built once, cached in `cache_dir` if given); `"tiny-pretrained"` ->
+    the shipped stage-0 base (`mirage_tiny/pretrained`); a local folder or a Hub id as is.
 
     A name that is no existing folder but looks like a path (`./run`, `outputs/stage1` when `outputs/` exists, a name
     that is no valid Hub id) raises `FileNotFoundError` at once instead of going to the Hub; a folder without a
@@ -120,6 +125,10 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = 
     would leave a folder without them.
     """
     name = os.path.expanduser(str(name_or_path))
+    if name == TINY_PRETRAINED:
+        from mirage_tiny import pretrained_base_path  # a repository fixture, imported only when asked for
+
+        return pretrained_base_path()
     if name != TINY_BASE:
         if os.path.isdir(name):
             check_model_folder(name)
