@@ -35,7 +35,11 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=["modeling_mirage", "trainers", "mirage_tasks", "mirage_tiny", "hub_cards"],
-    package_data={"mirage_tasks": ["metrics/*/*.py", "data/*.tsv"], "hub_cards": ["templates/*.md"]},
+    package_data={
+        "mirage_tasks": ["metrics/*/*.py", "data/*.tsv"],
+        "mirage_tiny": ["pretrained/*"],  # the stage-0 pretrained tiny base (safetensors, tokenizer, processor)
+        "hub_cards": ["templates/*.md"],
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

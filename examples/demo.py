@@ -263,11 +263,15 @@ def main() -> None:
         results=output / "eval",
         example_row=eval_rows[0],
         repo_id="mirage-tiny-vsp-demo",
-        base_model="embedded tiny Qwen2.5-VL base (random weights, built offline)",
+        base_model=(
+            "embedded tiny Qwen2.5-VL base (random weights, built offline)"
+            if args.base == "tiny"
+            else f"embedded tiny Qwen2.5-VL base after stage-0 perception pretraining ({args.base})"
+        ),
         training_stages=training_lineage(model)["stages"],
         datasets=[f"{len(train)} generated VSP spatial-planning rows (mirage-direct, levels {args.levels}, seed 0)"],
-        notes="A demonstration of the training pipeline on a random tiny model trained for minutes on a CPU, not a "
-        "useful planner: compare it with the best constant answer, not with the paper's Qwen2.5-VL-7B results.",
+        notes="A demonstration of the training pipeline on a tiny model trained for minutes on a CPU, not a useful "
+        "planner: compare it with the best constant answer, not with the paper's Qwen2.5-VL-7B results.",
     )
     page = model_page_files(folder)  # a complete page: exactly what a push would upload
     rows_table.append(
