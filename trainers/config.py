@@ -17,7 +17,67 @@ LATENT_LOSSES = ("cosine", "mse")
 
 
 @dataclass
-class MirageSFTConfig(SFTConfig):
+class MirageRuntimeDefaults:
+    """Fields and defaults every Mirage training config shares (put it before the TRL config class in the bases): the
+    conversion settings `latent_num_tokens` and `image_scale`, bf16 only on a GPU that supports it, activation
+    checkpointing under its current name, no pinned memory without an accelerator."""
+
+    latent_num_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "k, latent pads per block, chosen when converting a Qwen2.5-VL checkpoint (None: 4). A Mirage "
+            "checkpoint keeps its own k: None accepts it, another value is an error."
+        },
+    )
+    image_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Resize factor of input and helper images, set on the processor when converting a Qwen2.5-VL "
+            "checkpoint (None: keep the size) and saved with it. A Mirage checkpoint's processor keeps its own: "
+            "None accepts it, another value is an error. 0.4375 turns a 64-px VSP map cell into 28 px, one merged "
+            "vision token per cell, which the tiny base learns from fastest."
+        },
+    )
+
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. None: on when a CUDA GPU with bf16 support is used, else off."},
+    )
+    # TRL gives the deprecated alias `gradient_checkpointing` a default (True), so transformers warns on every config
+    # that it is deprecated. The default moves to its new name; the old name still works when set.
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated alias of `activation_checkpointing` (used when that is not set)."},
+    )
+    activation_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute activations in the backward pass to save memory (None: on, TRL's default, unless the "
+            "deprecated `gradient_checkpointing` says otherwise). The latent chain needs it non-reentrant."
+        },
+    )
+
+    def __post_init__(self):
+        # TRL turns bf16 on whenever fp16 is off, also on CPU, where it is slow and makes runs inexact; only use it
+        # on a GPU that supports it.
+        if self.bf16 is None:
+            self.bf16 = (
+                not self.fp16 and not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            )
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True
+        # Pinned memory only helps copies to an accelerator; without one torch warns on every data loader.
+        if self.dataloader_pin_memory and not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False
+        super().__post_init__()
+        if self.latent_num_tokens is not None and self.latent_num_tokens < 1:
+            raise ValueError(f"latent_num_tokens must be >= 1, got {self.latent_num_tokens}")
+        if self.image_scale is not None and self.image_scale <= 0:
+            raise ValueError(f"image_scale must be > 0 (or None), got {self.image_scale}")
+
+
+@dataclass
+class MirageSFTConfig(MirageRuntimeDefaults, SFTConfig):
     r"""
     Configuration class for [`MirageSFTTrainer`]: every field of `trl.SFTConfig`, plus the Mirage fields below. Defaults
     that differ from `SFTConfig` follow the paper (lr 1e-5, weight decay 0.01, 10 warmup steps) or what the latent
@@ -65,13 +125,6 @@ class MirageSFTConfig(SFTConfig):
         default=0.1,
         metadata={"help": "gamma: weight of the text cross-entropy in the stage-1 loss (stage 2 trains CE only)."},
     )
-    latent_num_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "k, latent pads per block, chosen when converting a Qwen2.5-VL checkpoint (None: 4). A Mirage "
-            "checkpoint keeps its own k: None accepts it, another value is an error."
-        },
-    )
     latent_freeze_vision: bool = field(
         default=True,
         metadata={
@@ -84,15 +137,6 @@ class MirageSFTConfig(SFTConfig):
         metadata={
             "help": "Left-pad rows so that their first latent blocks share columns: a cheaper stage-2 chain, same "
             "outputs (see MirageDataCollator)."
-        },
-    )
-    image_scale: float | None = field(
-        default=None,
-        metadata={
-            "help": "Resize factor of input and helper images, set on the processor when converting a Qwen2.5-VL "
-            "checkpoint (None: keep the size) and saved with it. A Mirage checkpoint's processor keeps its own: "
-            "None accepts it, another value is an error. 0.4375 turns a 64-px VSP map cell into 28 px, one merged "
-            "vision token per cell, which the tiny base learns from fastest."
         },
     )
 
@@ -121,36 +165,8 @@ class MirageSFTConfig(SFTConfig):
             "drop an image token, a latent token or the whole completion raises an error instead."
         },
     )
-    bf16: bool | None = field(
-        default=None,
-        metadata={"help": "bf16 mixed precision. None: on when a CUDA GPU with bf16 support is used, else off."},
-    )
-    # TRL gives the deprecated alias `gradient_checkpointing` a default (True), so transformers warns on every config
-    # that it is deprecated. The default moves to its new name; the old name still works when set.
-    gradient_checkpointing: bool | None = field(
-        default=None,
-        metadata={"help": "Deprecated alias of `activation_checkpointing` (used when that is not set)."},
-    )
-    activation_checkpointing: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Recompute activations in the backward pass to save memory (None: on, TRL's default, unless the "
-            "deprecated `gradient_checkpointing` says otherwise). Stage 2 needs it non-reentrant."
-        },
-    )
 
     def __post_init__(self):
-        # TRL turns bf16 on whenever fp16 is off, also on CPU, where it is slow and makes runs inexact; only use it
-        # on a GPU that supports it.
-        if self.bf16 is None:
-            self.bf16 = (
-                not self.fp16 and not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-            )
-        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
-            self.activation_checkpointing = True
-        # Pinned memory only helps copies to an accelerator; without one torch warns on every data loader.
-        if self.dataloader_pin_memory and not torch.accelerator.is_available():
-            self.dataloader_pin_memory = False
         super().__post_init__()
         if self.latent_stage not in (1, 2):
             raise ValueError(f"latent_stage must be 1 or 2, got {self.latent_stage!r}")
@@ -158,10 +174,6 @@ class MirageSFTConfig(SFTConfig):
             raise ValueError(f"latent_loss must be one of {LATENT_LOSSES}, got {self.latent_loss!r}")
         if self.latent_text_weight < 0:
             raise ValueError(f"latent_text_weight must be >= 0, got {self.latent_text_weight}")
-        if self.latent_num_tokens is not None and self.latent_num_tokens < 1:
-            raise ValueError(f"latent_num_tokens must be >= 1, got {self.latent_num_tokens}")
-        if self.image_scale is not None and self.image_scale <= 0:
-            raise ValueError(f"image_scale must be > 0 (or None), got {self.image_scale}")
         if self.remove_unused_columns:
             raise ValueError(
                 "MirageSFTConfig needs remove_unused_columns=False: the collator reads the 'prompt', 'completion', "

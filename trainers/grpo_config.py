@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from trl import GRPOConfig
 
+from .config import MirageRuntimeDefaults
 from .rewards import DEFAULT_REWARD_WEIGHTS, DEFAULT_REWARDS
 
 LATENT_RESCORING = ("chain", "replay")
 
 
 @dataclass
-class MirageGRPOConfig(GRPOConfig):
+class MirageGRPOConfig(MirageRuntimeDefaults, GRPOConfig):
     r"""
     Configuration class for [`MirageGRPOTrainer`]: every field of `trl.GRPOConfig`, plus the Mirage fields below.
 
@@ -51,21 +51,6 @@ class MirageGRPOConfig(GRPOConfig):
             "(cheaper): the rollout's recorded latents are fed as constants; same values before the first update, "
             "no gradient through the latents. The reference model always uses its own chain.",
             "choices": list(LATENT_RESCORING),
-        },
-    )
-    latent_num_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "k, latent pads per block, chosen when converting a Qwen2.5-VL checkpoint (None: 4). A Mirage "
-            "checkpoint keeps its own k: None accepts it, another value is an error."
-        },
-    )
-    image_scale: float | None = field(
-        default=None,
-        metadata={
-            "help": "Resize factor of input images, set on the processor when converting a Qwen2.5-VL checkpoint "
-            "(None: keep the size) and saved with it. A Mirage checkpoint's processor keeps its own: None accepts "
-            "it, another value is an error. Rollouts and rescoring both go through the processor, so they agree."
         },
     )
     latent_freeze_vision: bool = field(
@@ -127,43 +112,11 @@ class MirageGRPOConfig(GRPOConfig):
             "model's forward does not name."
         },
     )
-    bf16: bool | None = field(
-        default=None,
-        metadata={"help": "bf16 mixed precision. None: on when a CUDA GPU with bf16 support is used, else off."},
-    )
-    # As in MirageSFTConfig: TRL gives the deprecated alias `gradient_checkpointing` a default (True), so transformers
-    # would warn on every config; the default moves to the new name, and the old name still works when set.
-    gradient_checkpointing: bool | None = field(
-        default=None,
-        metadata={"help": "Deprecated alias of `activation_checkpointing` (used when that is not set)."},
-    )
-    activation_checkpointing: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Recompute activations in the backward pass to save memory (None: on, TRL's default, unless the "
-            "deprecated `gradient_checkpointing` says otherwise). Chain rescoring needs it non-reentrant."
-        },
-    )
 
     def __post_init__(self):
-        # TRL turns bf16 on whenever fp16 is off, also on CPU, where it is slow and makes rescoring inexact; only use
-        # it on a GPU that supports it (the rule MirageSFTConfig applies).
-        if self.bf16 is None:
-            self.bf16 = (
-                not self.fp16 and not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-            )
-        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
-            self.activation_checkpointing = True
-        # Pinned memory only helps copies to an accelerator; without one torch warns on every data loader.
-        if self.dataloader_pin_memory and not torch.accelerator.is_available():
-            self.dataloader_pin_memory = False
         super().__post_init__()
         if self.latent_rescoring not in LATENT_RESCORING:
             raise ValueError(f"latent_rescoring must be one of {LATENT_RESCORING}, got {self.latent_rescoring!r}")
-        if self.latent_num_tokens is not None and self.latent_num_tokens < 1:
-            raise ValueError(f"latent_num_tokens must be >= 1, got {self.latent_num_tokens}")
-        if self.image_scale is not None and self.image_scale <= 0:
-            raise ValueError(f"image_scale must be > 0 (or None), got {self.image_scale}")
         if self.remove_unused_columns:
             raise ValueError(
                 "MirageGRPOConfig needs remove_unused_columns=False: the rewards read dataset columns (task, variant, "
