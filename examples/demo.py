@@ -328,8 +328,8 @@ def main() -> None:
     for name, seconds, text in rows_table:
         print(f"{name:<{width}}  {'' if seconds is None else f'{seconds:>6.1f}s':>7}  {text}")
     print(f"\noutputs: {output}  (stage1/, stage2/, mirage-tiny-vsp/ = Hub-ready folder with README.md)")
-    print("Honest note: a random 1 M-parameter model trained for minutes on a CPU; compare its success rate with the")
-    print("untrained and constant-answer lines above, not with the paper's Qwen2.5-VL-7B results.")
+    print(f"Honest note: a 1 M-parameter model ({args.base}) trained for minutes on a CPU; compare its success rate")
+    print("with the untrained, constant-answer and intervention lines above, not with the paper's 7B results.")
     if same != len(here):
         raise SystemExit("the reloaded model generated different outputs")
 
