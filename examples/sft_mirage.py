@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from dataclasses import dataclass, field
 
 from trl import ModelConfig, ScriptArguments, TrlParser
@@ -89,8 +88,9 @@ class MirageScriptArguments(ScriptArguments):
     official_data_root: str | None = field(
         default=None,
         metadata={
-            "help": "Folder of the official data; its VSP test maps are kept out of generated rows. None: the "
-            "default location (../shared/data/official or $MIRAGE_OFFICIAL_DATA); skipped with a warning if absent."
+            "help": "Official data folder or test_direct.jsonl whose VSP test maps are kept out of generated rows. "
+            "None: $MIRAGE_OFFICIAL_DATA, else the copy shipped with mirage_tasks. A path that does not exist is an "
+            "error."
         },
     )
     tiny_cache_dir: str | None = field(
@@ -128,11 +128,8 @@ def load_datasets(script_args: MirageScriptArguments, evaluate: bool):
         test = _split(splits, script_args.dataset_test_split, "test", source) if evaluate else None
         return train, test
     exclude = []
-    if script_args.task.startswith("vsp"):
-        try:
-            exclude = mirage_tasks.official_test_maps(script_args.official_data_root)
-        except FileNotFoundError as error:
-            warnings.warn(f"official test maps not excluded from the generated data: {error}", stacklevel=2)
+    if script_args.task.startswith("vsp"):  # the shipped copy is always there: a bad path must not train on test maps
+        exclude = mirage_tasks.official_test_maps(script_args.official_data_root)
     rows = dict(levels=script_args.levels, seed=script_args.dataset_seed, exclude=exclude)
     if not evaluate:
         train = mirage_tasks.build_dataset(

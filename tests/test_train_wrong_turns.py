@@ -228,3 +228,14 @@ def test_script_resume_true_continues_from_the_last_checkpoint(tmp_path, recorde
     first, resumed = recorded
     assert resumed.resumed_from == str(run / "checkpoint-2")
     assert first.steps_run == 2 and resumed.steps_run == 1 and resumed.state.global_step == 3
+
+
+def test_a_missing_official_path_stops_before_any_data_is_generated(tmp_path):
+    namespace = script_namespace()
+    script_args, _, _ = parse(
+        namespace,
+        ["--model_name_or_path", "tiny", "--output_dir", str(tmp_path / "out"),
+         "--official_data_root", str(tmp_path / "no-official")],
+    )  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="no-official"):
+        namespace["load_datasets"](script_args, evaluate=False)
