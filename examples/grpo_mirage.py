@@ -37,7 +37,7 @@ from trl import ModelConfig, TrlParser
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the data arguments live next to this script
 from sft_mirage import MirageScriptArguments, load_datasets, resume_checkpoint, weight_digest  # noqa: E402
 
-from trainers import MirageGRPOConfig, MirageGRPOTrainer, language_model_lora_config, save_for_hub  # noqa: E402
+from trainers import MirageGRPOConfig, MirageGRPOTrainer, lora_config_from, save_for_hub  # noqa: E402
 
 # Columns GRPO never reads: the target completion (rollouts replace it) and the helper images (stage 1 only).
 UNUSED_COLUMNS = ("completion", "helper_images")
@@ -56,16 +56,7 @@ def main(script_args: MirageScriptArguments, training_args: MirageGRPOConfig, mo
     if model_args.model_name_or_path == "tiny" and script_args.tiny_cache_dir:
         model_kwargs["tiny_cache_dir"] = script_args.tiny_cache_dir
     training_args.model_init_kwargs = model_kwargs
-    peft_config = None
-    if model_args.use_peft:
-        peft_config = language_model_lora_config(
-            r=model_args.lora_r,
-            lora_alpha=model_args.lora_alpha,
-            lora_dropout=model_args.lora_dropout,
-            target_modules=model_args.lora_target_modules,
-            use_rslora=model_args.use_rslora,
-            use_dora=model_args.use_dora,
-        )
+    peft_config = lora_config_from(model_args)
     train_rows, eval_rows = (
         None if rows is None else rows.remove_columns([c for c in UNUSED_COLUMNS if c in rows.column_names])
         for rows in load_datasets(script_args, evaluate=training_args.eval_strategy != "no")

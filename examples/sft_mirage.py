@@ -180,7 +180,7 @@ def main(script_args: MirageScriptArguments, training_args: MirageSFTConfig, mod
     import torch
     from accelerate import PartialState
 
-    from trainers import MirageSFTTrainer, language_model_lora_config, load_model_and_processor, save_for_hub
+    from trainers import MirageSFTTrainer, load_model_and_processor, lora_config_from, save_for_hub
 
     if model_args.model_name_or_path is None:
         raise ValueError("set model_name_or_path: a Mirage or Qwen2.5-VL checkpoint, or 'tiny'")
@@ -198,16 +198,7 @@ def main(script_args: MirageScriptArguments, training_args: MirageSFTConfig, mod
         image_scale=training_args.image_scale,
         **model_kwargs,
     )
-    peft_config = None
-    if model_args.use_peft:
-        peft_config = language_model_lora_config(
-            r=model_args.lora_r,
-            lora_alpha=model_args.lora_alpha,
-            lora_dropout=model_args.lora_dropout,
-            target_modules=model_args.lora_target_modules,
-            use_rslora=model_args.use_rslora,
-            use_dora=model_args.use_dora,
-        )
+    peft_config = lora_config_from(model_args)
 
     trainer = MirageSFTTrainer(
         model=model,

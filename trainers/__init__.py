@@ -16,6 +16,7 @@ _LAZY = {
     "get_reward_funcs": "rewards",
     "freeze_vision_tower": "model_setup",
     "language_model_lora_config": "model_setup",
+    "lora_config_from": "model_setup",
     "load_model_and_processor": "model_setup",
     "merge_lora": "model_setup",
     "save_for_hub": "model_setup",

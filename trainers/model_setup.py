@@ -270,6 +270,20 @@ def language_model_lora_config(
     )
 
 
+def lora_config_from(model_args) -> LoraConfig | None:
+    """The language-model LoRA config a TRL `ModelConfig` asks for (`--use_peft` and its `lora_*` options), or None."""
+    if not model_args.use_peft:
+        return None
+    return language_model_lora_config(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+    )
+
+
 def merge_lora(model):
     """The model with its LoRA adapters merged into the weights (a PEFT model), or `model` itself."""
     if isinstance(model, PeftModel):
