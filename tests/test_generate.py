@@ -78,11 +78,14 @@ PROMPTS = [
 PLAN = {(5, 24): LSTART, (8, 3): LSTART, (10, 19): LSTART, (16, 4): LSTART, (16, 11): LSTART}
 
 
-def generate(model, prompts, pixels=None, grid_thw=None, **kwargs):
+def generate(model, prompts, pixels=None, grid_thw=None, mm_token_type_ids=True, **kwargs):
+    """Left-padded generation with the blocks `PLAN` opens; `mm_token_type_ids=False` leaves generate to derive them."""
     ids, mask = pad_batch(prompts, side="left")
     extra = {}
     if pixels is not None:
-        extra = dict(pixel_values=pixels, image_grid_thw=grid_thw, mm_token_type_ids=(ids == IMAGE).int())
+        extra = dict(pixel_values=pixels, image_grid_thw=grid_thw)
+        if mm_token_type_ids:
+            extra["mm_token_type_ids"] = (ids == IMAGE).int()
     processors = LogitsProcessorList([ForceAt(kwargs.pop("plan", PLAN)), no_early_stop()])
     kwargs.setdefault("max_new_tokens", 16)
     kwargs.setdefault("do_sample", False)
@@ -343,17 +346,14 @@ def replay_logits(model, out, mask, extra):
 @pytest.mark.parametrize("do_sample", [False, True])
 def test_generate_with_images_but_no_mm_token_type_ids_replays_exactly(model, do_sample):
     pixels, thw = random_pixels(GRIDS, seed=11)
-    ids, mask = pad_batch(PROMPTS, side="left")
     torch.manual_seed(5)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        pixel_values=pixels,
-        image_grid_thw=thw,
-        logits_processor=LogitsProcessorList([ForceAt(PLAN), no_early_stop()]),
-        max_new_tokens=16,
+    out, ids, mask, _ = generate(
+        model,
+        PROMPTS,
+        pixels,
+        thw,
+        mm_token_type_ids=False,
         do_sample=do_sample,
-        return_dict_in_generate=True,
         output_logits=True,
         output_scores=True,
     )
@@ -371,18 +371,7 @@ def test_generate_with_images_but_no_mm_token_type_ids_replays_exactly(model, do
         assert (scores[compared] - replay[compared]).abs().max().item() <= 1e-5
     # and they are the logits of the same generation given mm_token_type_ids explicitly (3-D vision positions)
     torch.manual_seed(5)
-    explicit = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        pixel_values=pixels,
-        image_grid_thw=thw,
-        mm_token_type_ids=(ids == IMAGE).int(),
-        logits_processor=LogitsProcessorList([ForceAt(PLAN), no_early_stop()]),
-        max_new_tokens=16,
-        do_sample=do_sample,
-        return_dict_in_generate=True,
-        output_logits=True,
-    )
+    explicit, _, _, _ = generate(model, PROMPTS, pixels, thw, do_sample=do_sample, output_logits=True)
     assert torch.equal(explicit.sequences, out.sequences)
     assert (torch.stack(explicit.logits, dim=1) - seen).abs().max().item() <= 1e-6
 
@@ -486,21 +475,11 @@ def test_official_rule_samples_the_end_with_the_probability_of_the_warped_distri
 def test_official_rule_replays_exactly_with_images_and_sampling():
     model = official_model(cap=4)
     pixels, thw = random_pixels(GRIDS, seed=11)
-    ids, mask = pad_batch(PROMPTS, side="left")
     torch.manual_seed(9)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        pixel_values=pixels,
-        image_grid_thw=thw,
-        logits_processor=LogitsProcessorList([ForceAt(PLAN), no_early_stop()]),
-        max_new_tokens=16,
-        do_sample=True,
-        temperature=0.7,
-        top_p=0.9,
-        return_dict_in_generate=True,
+    out, ids, mask, _ = generate(
+        model, PROMPTS, pixels, thw, mm_token_type_ids=False, do_sample=True, temperature=0.7, top_p=0.9,
         output_logits=True,
-    )
+    )  # fmt: skip
     pads = [row.count(LPAD) for row in out.sequences.tolist()]
     assert sum(pads) > 0 and [len(latent) for latent in out.latents] == pads
     replay = replay_logits(model, out, mask, dict(pixel_values=pixels, image_grid_thw=thw))
