@@ -5,6 +5,10 @@ Both folders are shared by every test of the session: treat them as read-only (l
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -40,3 +44,15 @@ def tiny_mirage_dir(tiny_base_dir: str, tmp_path_factory: pytest.TempPathFactory
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="module")
+def make_dataset():
+    """`examples/make_dataset.py` loaded as a module (its `main`, `MakeDatasetArguments`, ...)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "make_dataset.py"
+    spec = importlib.util.spec_from_file_location("make_dataset", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_dataset"] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("make_dataset", None)

@@ -1,7 +1,5 @@
 """`examples/make_dataset.py --push-to-hub`: one commit with every split (images embedded) and the dataset card."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import datasets
@@ -14,16 +12,6 @@ from hub_cards.dataset_card import dataset_folder_files, push_dataset_folder
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "someone/vsp-reasoning-mirage-direct"
-
-
-@pytest.fixture(scope="module")
-def make_dataset():
-    spec = importlib.util.spec_from_file_location("make_dataset", REPO / "examples" / "make_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_dataset"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("make_dataset", None)
 
 
 def test_push_to_hub_is_one_commit_of_data_and_card(make_dataset, tmp_path, monkeypatch, capsys):

@@ -1,7 +1,5 @@
 """examples/make_dataset.py and the dataset card (rendered only; nothing is pushed)."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import datasets
@@ -13,16 +11,6 @@ from hub_cards import render_dataset_card
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
-
-
-@pytest.fixture(scope="module")
-def make_dataset():
-    spec = importlib.util.spec_from_file_location("make_dataset", REPO / "examples" / "make_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_dataset"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("make_dataset", None)
 
 
 def _args(out, *extra):
