@@ -91,6 +91,11 @@ QWEN_SPECIAL_TOKENS: tuple[tuple[str, bool], ...] = (
 # `Qwen2Tokenizer` rebuilds at load time from vocab + merges, so loading through that class is lossless.
 _QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
+# The VSP move letters stay single tokens: no merge may produce a token that holds one, so a plan such as
+# `\boxed{DLLU}` is one token per move (`{`, `D`, `L`, `L`, `U`, `}.`) instead of chunks like `{D`, `LL`, `U` whose
+# split depends on the neighbours. Words holding these capitals (`Right`, `Up`) only lose a merge or two.
+ATOMIC_LETTERS = "LDRU"
+
 # Texts the chat template and the processor emit around every sample; trained into the vocabulary so the
 # fixed scaffolding costs a handful of tokens rather than one per byte.
 _SCAFFOLD_TEXTS: tuple[str, ...] = (
@@ -131,7 +136,12 @@ def _byte_level_bpe(texts: Sequence[str], vocab_size: int) -> tuple[dict[str, in
     tokenizer.train_from_iterator(texts, trainer=trainer)
     model = json.loads(tokenizer.to_str())["model"]
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return dict(model["vocab"]), merges
+    # Drop the merges that touch a letter of ATOMIC_LETTERS (a merge built on a dropped token holds the letter too,
+    # so the rest stays closed), then renumber: byte symbols first, merge results in merge order, as trained.
+    merges = [m for m in merges if not set(m[0] + m[1]) & set(ATOMIC_LETTERS)]
+    results = {a + b for a, b in merges}
+    kept = [t for t, _ in sorted(model["vocab"].items(), key=lambda item: item[1]) if len(t) == 1 or t in results]
+    return {token: index for index, token in enumerate(kept)}, merges
 
 
 def build_tiny_tokenizer(

@@ -8,7 +8,10 @@ without reading the image:
 
 - ``grid``: a map picture -> its grid as text, one row per line (``S F H`` ...: start, frozen, hole, goal);
 - ``path``: a map with a path drawn as arrows (the planning helper image) -> the moves the arrows show. Half of the
-  paths are shortest paths, half random walks, so the answer is read off the picture, not planned.
+  paths are shortest paths, half random walks, so the answer is read off the picture, not planned;
+- ``locate``: a map picture -> where the start and the goal are (``S 1,3 G 3,1``: row, column, from 1 at the top
+  left). The grid task asks for every cell in order, which a 4-layer language model learns slowly; this one asks for
+  the two cells a plan starts and ends at.
 
 Prompts are short (a few words), so the image tokens are a large share of each sequence; images are resized by
 `image_scale` (0.4375 puts one 64-px map cell on one 28-px merged token), and map sizes follow a curriculum (3x3
@@ -42,16 +45,20 @@ __all__ = [
     "cell_labels",
     "Stage0Config",
     "grid_text",
+    "locate_text",
     "make_example",
     "parse_curriculum",
     "pretrain_tiny_base",
     "target_diversity",
 ]
 
-STAGE0_TASKS = ("grid", "path")
+STAGE0_TASKS = ("grid", "path", "locate")
 """The perception objectives of stage 0 (see the module docstring)."""
 
-_PROMPTS = {"grid": "Read the map.", "path": "Read the arrows."}
+PROBE_CLASSES = (4, 5, 8, 8)
+"""Classes of the cell probe's four read-outs: kind, outgoing arrow, row, column (maps up to 8x8)."""
+
+_PROMPTS = {"grid": "Read the map.", "path": "Read the arrows.", "locate": "Find the start and the goal."}
 _LETTERS = {0: "F", -1: "H", 1: "S", 2: "G"}  # the official map codes -> FrozenLake's letters
 
 
@@ -79,8 +86,8 @@ class Stage0Config:
     cell_probe_weight: float = field(
         default=1.0,
         metadata={
-            "help": "weight of the cell probe: a linear read-out of each merged vision token predicting its cell's kind "
-            "and outgoing arrow, trained with the tower and discarded after (0: off)"
+            "help": "weight of the cell probe: a linear read-out of each merged vision token predicting its cell's kind, "
+            "outgoing arrow, row and column, trained with the tower and discarded after (0: off)"
         },
     )
     log_every: int = field(default=100, metadata={"help": "steps between log lines (accuracy, target diversity)"})
@@ -117,6 +124,15 @@ def grid_text(map_desc) -> str:
     return "\n".join(" ".join(_LETTERS[int(v)] for v in row) for row in map_desc)
 
 
+def locate_text(map_desc) -> str:
+    """Where the start and the goal are, as the ``locate`` task writes it: ``S row,column G row,column``, 1-based."""
+    from mirage_tasks.vsp import GOAL, START, find_cell
+
+    grid = np.asarray(map_desc, dtype=np.int8)
+    (sr, sc), (gr, gc) = find_cell(grid, START), find_cell(grid, GOAL)
+    return f"S {sr + 1},{sc + 1} G {gr + 1},{gc + 1}"
+
+
 def _random_walk(rng: random.Random, grid: np.ndarray) -> str:
     """A self-avoiding walk of 1-8 moves from the start that stays on the map, avoids holes and stops at the goal
     (self-avoiding, so every cell shows at most one outgoing arrow)."""
@@ -137,18 +153,22 @@ def _random_walk(rng: random.Random, grid: np.ndarray) -> str:
 
 
 def cell_labels(grid: np.ndarray, moves: str) -> torch.Tensor:
-    """Per-cell labels of a picture, raster order, `(cells, 2)`: the cell's kind (0 ice, 1 hole, 2 start, 3 goal) and
-    the arrow leaving it (0 none, 1-4 = L D R U), for the cell probe on the vision tower's merged tokens."""
+    """Per-cell labels of a picture, raster order, `(cells, 4)`: the cell's kind (0 ice, 1 hole, 2 start, 3 goal),
+    the arrow leaving it (0 none, 1-4 = L D R U), its row and its column (from 0), for the cell probe on the vision
+    tower's merged tokens (classes per column: `PROBE_CLASSES`)."""
     from mirage_tasks.vsp import START, find_cell, trace_plan
 
     kinds = {0: 0, -1: 1, 1: 2, 2: 3}
-    labels = torch.zeros(grid.size, 2, dtype=torch.long)
+    rows, cols = grid.shape
+    labels = torch.zeros(grid.size, 4, dtype=torch.long)
     labels[:, 0] = torch.tensor([kinds[int(v)] for v in grid.reshape(-1)])
+    labels[:, 2] = torch.arange(rows).repeat_interleave(cols)
+    labels[:, 3] = torch.arange(cols).repeat(rows)
     cell = find_cell(grid, START)
     for s in trace_plan(grid, moves):
         if s.blocked:
             continue
-        labels[cell[0] * grid.shape[1] + cell[1], 1] = "LDRU".index(s.move) + 1
+        labels[cell[0] * cols + cell[1], 1] = "LDRU".index(s.move) + 1
         cell = s.cell
     return labels
 
@@ -167,6 +187,8 @@ def make_example(
     grid = np.asarray(map_desc, dtype=np.int8)
     if task == "grid":
         return render_map(map_desc), _PROMPTS[task], grid_text(map_desc), cell_labels(grid, "")
+    if task == "locate":
+        return render_map(map_desc), _PROMPTS[task], locate_text(map_desc), cell_labels(grid, "")
     if task == "path":
         moves = shortest_path(grid) if rng.random() < 0.5 else _random_walk(rng, grid)
         return draw_path(grid, moves), _PROMPTS[task], moves, cell_labels(grid, moves)
@@ -288,7 +310,7 @@ def pretrain_tiny_base(cfg: Stage0Config, log=print) -> dict:
     # cell: a tower that turns into a constant bias (the collapse seen when it learns through the answer alone)
     # cannot satisfy it. It is not part of the saved model.
     torch.manual_seed(cfg.seed)
-    probe = torch.nn.Linear(cfg.hidden_size, 4 + 5)
+    probe = torch.nn.Linear(cfg.hidden_size, sum(PROBE_CLASSES))
     captured = {}
     model.model.visual.register_forward_hook(lambda _m, _i, out: captured.__setitem__("merged", out.pooler_output))
     vision = vision + list(probe.parameters())
@@ -311,7 +333,7 @@ def pretrain_tiny_base(cfg: Stage0Config, log=print) -> dict:
 
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    history, probe_losses = [], []
+    history, probe_losses, probe_hits = [], [], []
 
     def evaluate(step: int, loss: float | None) -> None:
         model.eval()
@@ -319,7 +341,10 @@ def pretrain_tiny_base(cfg: Stage0Config, log=print) -> dict:
         record["cpu_s"] = round(time.process_time() - start_time, 1)
         if probe_losses:
             record["probe_loss"] = round(sum(probe_losses) / len(probe_losses), 4)
+            hits = torch.tensor(probe_hits).mean(dim=0).tolist()
+            record["probe_accuracy"] = dict(zip(("kind", "arrow", "row", "column"), (round(h, 3) for h in hits)))
             probe_losses.clear()
+            probe_hits.clear()
         record["target_cosine"] = round(
             target_diversity(model, processor, helpers, cfg.latent_num_tokens, cfg.image_scale), 4
         )
@@ -341,10 +366,14 @@ def pretrain_tiny_base(cfg: Stage0Config, log=print) -> dict:
             batch = _encode(processor, examples, cfg.image_scale)
             loss = model(**_model_inputs(batch), labels=batch["labels"]).loss
             if cfg.cell_probe_weight:
-                logits = probe(captured["merged"])  # (cells in the batch, 9), raster order per image
-                probe_loss = torch.nn.functional.cross_entropy(logits[:, :4], batch["cell_labels"][:, 0])
-                probe_loss = probe_loss + torch.nn.functional.cross_entropy(logits[:, 4:], batch["cell_labels"][:, 1])
+                logits = probe(captured["merged"]).split(PROBE_CLASSES, dim=-1)  # raster order per image
+                probe_loss = sum(
+                    torch.nn.functional.cross_entropy(head, batch["cell_labels"][:, i]) for i, head in enumerate(logits)
+                )
                 probe_losses.append(probe_loss.item())
+                probe_hits.append(
+                    [(head.argmax(-1) == batch["cell_labels"][:, i]).float().mean().item() for i, head in enumerate(logits)]
+                )
                 loss = loss + cfg.cell_probe_weight * probe_loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -393,8 +422,8 @@ def base_report(folder: str | Path, *, maps_per_level: int = 64, seed: int = 123
     processor = AutoProcessor.from_pretrained(folder)
     exclude = {mirage_tasks.map_key(m) for m in mirage_tasks.official_test_maps()}
     rng = random.Random(seed)
-    report: dict = {"grid": {}, "path": {}}
-    for task in ("grid", "path"):
+    report: dict = {task: {} for task in STAGE0_TASKS}
+    for task in STAGE0_TASKS:
         for level in (3, 4, 5, 6):
             rows = [make_example(rng, task, level, exclude) for _ in range(maps_per_level)]
             report[task][str(level)] = round(_exact_match(model, _encode(processor, rows, image_scale)), 3)

@@ -27,7 +27,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_base_dir() -> str:
-    """Folder of the tiny random Qwen2.5-VL base (vocab 936, hidden 128, 4 layers), built offline in seconds."""
+    """Folder of the tiny random Qwen2.5-VL base (vocab of about 830, hidden 128, 4 layers), built offline in seconds."""
     return tiny_base_path()
 
 

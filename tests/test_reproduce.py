@@ -63,13 +63,11 @@ def test_aggregate_and_verdict_either_way(study):
         _record("direct", 0, 0.40), _record("direct", 1, 0.42),
         _record("cot", 0, 0.20), _record("cot", 1, 0.22),
         _record("mirage", 0, 0.60, zero=-0.2), _record("mirage", 1, 0.62, zero=-0.2),
-        {"arm": "mirage-grpo", "seed": 0, "skipped": "no GRPO trainer"},
     ]  # fmt: skip
     table = study.aggregate(records)
     assert table["direct"]["official"]["all"] == pytest.approx((0.41, 0.0141421356))
     assert table["mirage"]["official"]["interventions"]["zero"] == pytest.approx((-0.2, 0.0))
     assert table["direct"]["official"]["interventions"] == {}
-    assert table["mirage-grpo"] == {"skipped": "no GRPO trainer"}
     text = study.verdict(table)
     assert "Mirage > Direct > CoT with non-overlapping" in text and "-10 points holds" in text
     section = study.markdown(table, "python examples/reproduce.py", "test machine", 60.0, {
@@ -77,7 +75,6 @@ def test_aggregate_and_verdict_either_way(study):
         "stage1_steps": 1, "stage2_steps": 1,
     })  # fmt: skip
     assert "| mirage | 2 | 61.0 ± 1.4 | 61.0 ± 1.4 | 61.0 ± 1.4 |" in section
-    assert "Not run: `mirage-grpo` (no GRPO trainer)." in section
 
     # The same study with Direct on top: the verdict says the goal does not hold.
     records[0], records[1] = _record("direct", 0, 0.70), _record("direct", 1, 0.72)
@@ -95,3 +92,17 @@ def test_write_docs_replaces_only_its_section(study, tmp_path):
     text = docs.read_text()
     assert text.count(study.DOCS_START) == 1 and "second" in text and "first" not in text
     assert text.startswith("# Results\n\nother section\n")
+
+
+def test_the_grpo_arm_runs_stage_three_and_is_evaluated(study, recipe, tmp_path, one_thread):
+    """`mirage-grpo` is `mirage` followed by MirageGRPOTrainer steps, evaluated like every Mirage arm."""
+    recipe = dict(
+        recipe, base="tiny", train_examples=8, batch_size=2, stage1_steps=1, stage2_steps=1, grpo_steps=2,
+        grpo_prompts=4, official_per_level=1, heldout_examples=2, max_new_tokens=12,
+    )  # fmt: skip
+    record = study.train_and_evaluate("mirage-grpo", 0, recipe, tmp_path)
+    assert [(log["stage"], log["steps"]) for log in record["train_logs"]] == [(1, 1), (2, 1), (3, 2)]
+    grpo_log = record["train_logs"][2]["log"]
+    assert [entry["step"] for entry in grpo_log if "reward" in entry] == [1, 2]
+    official = record["results"]["official"]
+    assert official["runs"]["plain"]["n"] == 4 and {"zero", "shuffle"} <= set(official["runs"])
