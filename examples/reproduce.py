@@ -41,6 +41,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "examples" / "recipes" / "tiny" / "study.yaml"
 MAIN_ARMS = ("direct", "cot", "mirage", "mirage-no-stage1")
+
+
+def study_runs(recipe: dict) -> list[tuple[str, int]]:
+    """The `(arm, seed)` runs of a study, in the order they are started: every seed of `arms`, then every seed of
+    `ablation_seeds` (default: `seeds`) of `ablations`."""
+    runs = [(arm, seed) for seed in recipe["seeds"] for arm in recipe["arms"]]
+    ablation_seeds = recipe.get("ablation_seeds") or recipe["seeds"]
+    return runs + [(arm, seed) for seed in ablation_seeds for arm in recipe.get("ablations") or []]
 DOCS_START, DOCS_END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
 
 
@@ -344,8 +352,8 @@ def main() -> None:
     parser.add_argument("--config", default=str(DEFAULT_RECIPE), help="the study recipe (YAML)")
     parser.add_argument("--output-dir", default="outputs/reproduce")
     parser.add_argument("--quick", action="store_true", help="one seed, the main arms, short runs, 100 official maps")
-    parser.add_argument("--arms", default=None, help="comma-separated arms (default: the recipe's)")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the recipe's)")
+    parser.add_argument("--arms", default=None, help="comma-separated arms, no ablations (default: the recipe's)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds of every arm (default: the recipe's)")
     parser.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="parallel runs")
     parser.add_argument("--write-docs", default="true", choices=["true", "false"], help="update docs/results.md")
     parser.add_argument("--run", default=None, help=argparse.SUPPRESS)  # internal: `arm:seed`, one run in-process
@@ -353,14 +361,14 @@ def main() -> None:
     recipe = yaml.safe_load(Path(args.config).read_text())
     if args.quick:
         recipe.update(
-            seeds=[0], arms=list(MAIN_ARMS), stage1_steps=recipe["stage1_steps"] // 2,
+            seeds=[0], arms=list(MAIN_ARMS), ablations=[], stage1_steps=recipe["stage1_steps"] // 2,
             stage2_steps=recipe["stage2_steps"] // 2, official_per_level=25, heldout_examples=64,
         )  # fmt: skip
     if args.arms:
-        recipe["arms"] = args.arms.split(",")
+        recipe["arms"], recipe["ablations"] = args.arms.split(","), []
     if args.seeds:
-        recipe["seeds"] = [int(s) for s in args.seeds.split(",")]
-    for arm in recipe["arms"]:
+        recipe["seeds"] = recipe["ablation_seeds"] = [int(s) for s in args.seeds.split(",")]
+    for arm, _ in study_runs(recipe):
         arm_plan(arm, recipe)  # unknown arms fail before anything runs
     output = Path(args.output_dir).resolve()
     output.mkdir(parents=True, exist_ok=True)
@@ -376,7 +384,7 @@ def main() -> None:
 
     start = time.perf_counter()
     (output / "recipe.json").write_text(json.dumps(recipe))
-    queue = [(arm, seed) for seed in recipe["seeds"] for arm in recipe["arms"]]
+    queue = study_runs(recipe)
     running: list[tuple[subprocess.Popen, str]] = []
     base_cmd = [sys.executable, __file__, "--config", args.config, "--output-dir", str(output)]
     if args.quick:
@@ -403,9 +411,7 @@ def main() -> None:
                 if proc.returncode:
                     raise SystemExit(f"run {name} failed; see {output / name / 'log.txt'}")
     records = [
-        json.loads((output / f"{arm}-seed{seed}" / "run.json").read_text())
-        for seed in recipe["seeds"]
-        for arm in recipe["arms"]
+        json.loads((output / f"{arm}-seed{seed}" / "run.json").read_text()) for arm, seed in study_runs(recipe)
     ]
     table = aggregate(records)
     wall = time.perf_counter() - start

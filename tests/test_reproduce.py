@@ -27,7 +27,7 @@ def recipe():
 
 def test_every_arm_takes_the_same_steps(study, recipe):
     total = recipe["stage1_steps"] + recipe["stage2_steps"]
-    arms = [*recipe["arms"], "mirage-grpo"]
+    arms = [*recipe["arms"], *recipe["ablations"]]
     plans = {arm: study.arm_plan(arm, recipe) for arm in arms}
     assert {arm: sum(s[1] for s in p["stages"]) for arm, p in plans.items()} == dict.fromkeys(arms, total)
     assert [s[0] for s in plans["mirage"]["stages"]] == [1, 2]
@@ -38,6 +38,16 @@ def test_every_arm_takes_the_same_steps(study, recipe):
     assert (plans["mirage-gamma1"]["gamma"], plans["mirage"]["gamma"]) == (1.0, 0.1)
     with pytest.raises(SystemExit, match="unknown arm 'mirage-k3'"):
         study.arm_plan("mirage-k3", recipe)
+
+
+def test_ablations_run_over_their_own_seeds_after_the_main_arms(study, recipe):
+    runs = study.study_runs(recipe)
+    main = [(arm, seed) for seed in recipe["seeds"] for arm in recipe["arms"]]
+    assert runs[: len(main)] == main and "mirage-grpo" in recipe["arms"]
+    assert runs[len(main) :] == [(arm, seed) for seed in recipe["ablation_seeds"] for arm in recipe["ablations"]]
+    assert study.study_runs({"seeds": [0, 1], "arms": ["direct"], "ablations": ["mirage-k2"]}) == [
+        ("direct", 0), ("direct", 1), ("mirage-k2", 0), ("mirage-k2", 1)
+    ]  # fmt: skip
 
 
 def _record(arm: str, seed: int, rate: float, zero: float = 0.0) -> dict:
