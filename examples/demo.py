@@ -117,7 +117,7 @@ def main() -> None:
         help="the Qwen2.5-VL base to convert: tiny-pretrained (the shipped tiny base that reads VSP maps, `make base`), "
         "tiny (the random one) or a folder",
     )
-    parser.add_argument("--train-examples", type=int, default=2048)
+    parser.add_argument("--train-examples", type=int, default=4096)
     parser.add_argument("--levels", default="3-4", help="levels of the generated training maps")
     parser.add_argument("--stage1-steps", type=int, default=None, help="default: the tiny stage-1 recipe's")
     parser.add_argument("--stage2-steps", type=int, default=None, help="default: the tiny stage-2 recipe's")

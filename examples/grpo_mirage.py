@@ -21,8 +21,9 @@ rewards, every `trl.GRPOConfig` field) and `trl.ModelConfig` (model, dtype, LoRA
 The model is a Mirage checkpoint (usually stage 2's output). A Qwen2.5-VL checkpoint or `tiny` is converted on the fly,
 which needs `--use_peft` (the reference model is then the adapter-free policy) or `--beta 0`. The prompts come from a
 canonical task dataset or are generated (official VSP test maps excluded); only `prompt`, `images` and the columns the
-rewards read are used. The output folder loads with `AutoModel.from_pretrained(dir, trust_remote_code=True)`; LoRA
-adapters are merged into it.
+rewards read are used. The output folder loads with `AutoModel.from_pretrained(dir, trust_remote_code=True)` and holds
+the model card; LoRA adapters are merged into it, and `--push_to_hub true` pushes that merged model at the end, as
+`examples/sft_mirage.py` does.
 """
 
 from __future__ import annotations
@@ -31,13 +32,18 @@ import os
 import sys
 
 import torch
-from accelerate import PartialState
 from trl import ModelConfig, TrlParser
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the data arguments live next to this script
-from sft_mirage import MirageScriptArguments, load_datasets, resume_checkpoint, weight_digest  # noqa: E402
+from sft_mirage import (  # noqa: E402
+    MirageScriptArguments,
+    load_datasets,
+    print_weight_digest,
+    resume_checkpoint,
+    save_final_model,
+)
 
-from trainers import MirageGRPOConfig, MirageGRPOTrainer, lora_config_from, save_for_hub  # noqa: E402
+from trainers import MirageGRPOConfig, MirageGRPOTrainer, lora_config_from  # noqa: E402
 
 # Columns GRPO never reads: the target completion (rollouts replace it) and the helper images (stage 1 only).
 UNUSED_COLUMNS = ("completion", "helper_images")
@@ -68,19 +74,10 @@ def main(script_args: MirageScriptArguments, training_args: MirageGRPOConfig, mo
         eval_dataset=eval_rows,
         peft_config=peft_config,
     )
-    processor = trainer.processing_class
     trainer.train(resume_from_checkpoint=resume)
     if script_args.print_weight_digest:  # before saving: merging LoRA on the main process changes its weights
-        state = PartialState()
-        digest = weight_digest(trainer.accelerator.unwrap_model(trainer.model))
-        print(f"[process {state.process_index}/{state.num_processes}] weights sha256 {digest}", flush=True)
-
-    if peft_config is not None and script_args.merge_lora:
-        if trainer.accelerator.is_main_process:
-            save_for_hub(trainer.accelerator.unwrap_model(trainer.model), processor, training_args.output_dir)
-        trainer.accelerator.wait_for_everyone()
-    else:
-        trainer.save_model(training_args.output_dir)
+        print_weight_digest(trainer)
+    save_final_model(trainer, trainer.processing_class, merge=peft_config is not None and script_args.merge_lora)
     if trainer.accelerator.is_main_process:
         print(f"saved to {training_args.output_dir}", flush=True)
 

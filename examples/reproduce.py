@@ -49,6 +49,8 @@ def study_runs(recipe: dict) -> list[tuple[str, int]]:
     runs = [(arm, seed) for seed in recipe["seeds"] for arm in recipe["arms"]]
     ablation_seeds = recipe.get("ablation_seeds") or recipe["seeds"]
     return runs + [(arm, seed) for seed in ablation_seeds for arm in recipe.get("ablations") or []]
+
+
 DOCS_START, DOCS_END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
 
 
@@ -410,9 +412,7 @@ def main() -> None:
                 print(f"done {name} (exit {proc.returncode})", flush=True)
                 if proc.returncode:
                     raise SystemExit(f"run {name} failed; see {output / name / 'log.txt'}")
-    records = [
-        json.loads((output / f"{arm}-seed{seed}" / "run.json").read_text()) for arm, seed in study_runs(recipe)
-    ]
+    records = [json.loads((output / f"{arm}-seed{seed}" / "run.json").read_text()) for arm, seed in study_runs(recipe)]
     table = aggregate(records)
     wall = time.perf_counter() - start
     (output / "study.json").write_text(json.dumps({"recipe": recipe, "table": table, "wall_seconds": wall}))

@@ -178,9 +178,8 @@ def weight_digest(model) -> str:
 
 def main(script_args: MirageScriptArguments, training_args: MirageSFTConfig, model_args: ModelConfig) -> None:
     import torch
-    from accelerate import PartialState
 
-    from trainers import MirageSFTTrainer, load_model_and_processor, lora_config_from, save_for_hub
+    from trainers import MirageSFTTrainer, load_model_and_processor, lora_config_from
 
     if model_args.model_name_or_path is None:
         raise ValueError("set model_name_or_path: a Mirage or Qwen2.5-VL checkpoint, or 'tiny'")
@@ -212,28 +211,45 @@ def main(script_args: MirageScriptArguments, training_args: MirageSFTConfig, mod
         trainer.hub_datasets = [script_args.dataset_name]  # named on the card (in its metadata when a Hub id)
     trainer.train(resume_from_checkpoint=resume)
 
-    if peft_config is not None and script_args.merge_lora:
+    if script_args.print_weight_digest:  # before saving: merging LoRA on the main process changes its weights
+        print_weight_digest(trainer)
+    save_final_model(trainer, processor, merge=peft_config is not None and script_args.merge_lora)
+    if trainer.accelerator.is_main_process:
+        print(f"saved to {training_args.output_dir}", flush=True)
+
+
+def save_final_model(trainer, processor, merge: bool) -> None:
+    """End of a run (SFT or GRPO): write `output_dir` as a Hub-ready Mirage folder with its model card, and push it
+    with `--push_to_hub`. With `merge`, LoRA adapters are merged into a full model first, and that model (not the
+    adapters Trainer would save) is what is written and pushed."""
+    from trainers import save_for_hub
+
+    args = trainer.args
+    if merge:
         if trainer.accelerator.is_main_process:
-            save_for_hub(trainer.accelerator.unwrap_model(trainer.model), processor, training_args.output_dir)
+            save_for_hub(trainer.accelerator.unwrap_model(trainer.model), processor, args.output_dir)
             trainer.create_model_card()
-            if training_args.push_to_hub:  # the merged model, not the adapters Trainer would save and push
+            if args.push_to_hub:
                 from hub_cards import push_model_folder
 
                 push_model_folder(
-                    training_args.output_dir, trainer.hub_model_id, private=training_args.hub_private_repo,
-                    token=training_args.hub_token, revision=training_args.hub_revision, commit_message="End of training",
+                    args.output_dir, trainer.hub_model_id, private=args.hub_private_repo, token=args.hub_token,
+                    revision=args.hub_revision, commit_message="End of training",
                 )  # fmt: skip
         trainer.accelerator.wait_for_everyone()
     else:
-        trainer.save_model(training_args.output_dir)  # with --push_to_hub, also pushes the page (card included)
-        if not training_args.push_to_hub:
+        trainer.save_model(args.output_dir)  # with --push_to_hub, also pushes the page (card included)
+        if not args.push_to_hub:
             trainer.create_model_card()
-    if script_args.print_weight_digest:
-        state = PartialState()
-        digest = weight_digest(trainer.accelerator.unwrap_model(trainer.model))
-        print(f"[process {state.process_index}/{state.num_processes}] weights sha256 {digest}", flush=True)
-    if trainer.accelerator.is_main_process:
-        print(f"saved to {training_args.output_dir}", flush=True)
+
+
+def print_weight_digest(trainer) -> None:
+    """Print this process's weight digest (the multi-process tests compare them across processes)."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    digest = weight_digest(trainer.accelerator.unwrap_model(trainer.model))
+    print(f"[process {state.process_index}/{state.num_processes}] weights sha256 {digest}", flush=True)
 
 
 if __name__ == "__main__":

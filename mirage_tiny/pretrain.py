@@ -71,9 +71,9 @@ class Stage0Config:
         default="mirage_tiny/pretrained", metadata={"help": "where the pretrained base is written"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the weights, the data and the order"})
-    tasks: str = field(default="grid,path", metadata={"help": f"comma-separated perception tasks of {STAGE0_TASKS}"})
+    tasks: str = field(default="path,locate", metadata={"help": f"comma-separated perception tasks of {STAGE0_TASKS}"})
     curriculum: str = field(
-        default="3:400,3-4:800,3-6:1200",
+        default="3:300,3-4:600,3-6:900",
         metadata={"help": "map sizes by phase: `levels:steps` pairs, e.g. `3:400,3-4:800` (levels as 3-6 or 3,5)"},
     )
     batch_size: int = field(default=32, metadata={"help": "examples per step"})
@@ -368,11 +368,15 @@ def pretrain_tiny_base(cfg: Stage0Config, log=print) -> dict:
             if cfg.cell_probe_weight:
                 logits = probe(captured["merged"]).split(PROBE_CLASSES, dim=-1)  # raster order per image
                 probe_loss = sum(
-                    torch.nn.functional.cross_entropy(head, batch["cell_labels"][:, i]) for i, head in enumerate(logits)
+                    torch.nn.functional.cross_entropy(head, batch["cell_labels"][:, i])
+                    for i, head in enumerate(logits)
                 )
                 probe_losses.append(probe_loss.item())
                 probe_hits.append(
-                    [(head.argmax(-1) == batch["cell_labels"][:, i]).float().mean().item() for i, head in enumerate(logits)]
+                    [
+                        (head.argmax(-1) == batch["cell_labels"][:, i]).float().mean().item()
+                        for i, head in enumerate(logits)
+                    ]
                 )
                 loss = loss + cfg.cell_probe_weight * probe_loss
             loss.backward()

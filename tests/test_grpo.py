@@ -10,6 +10,7 @@ generation settings: completions then hold zero, one or several blocks at differ
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
 import torch
@@ -390,6 +391,10 @@ def test_a_model_converted_in_memory_needs_peft_or_beta_zero(tiny_base_dir, data
         peft_config=language_model_lora_config(r=2, lora_alpha=4),
     )
     assert trainer.ref_model is None and trainer.beta == 0.01
+    # Its adapter checkpoints name a converted Mirage base saved beside them, not the temporary Qwen2.5-VL folder.
+    recorded = trainer.accelerator.unwrap_model(trainer.model).peft_config["default"].base_model_name_or_path
+    assert recorded == str((tmp_path / "mirage-base").resolve())
+    assert json.loads((tmp_path / "mirage-base" / "config.json").read_text())["model_type"] == "mirage"
     # TRL scores the reference with the adapters disabled: that call must use the model's own chain, never replay.
     peft_model = trainer.accelerator.unwrap_model(trainer.model)
     assert not trainer._is_reference(trainer.model)

@@ -13,12 +13,14 @@ import torch
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 import mirage_tasks
+from mirage_tasks import map_from_image
 from mirage_tasks.vsp import draw_path, random_map, shortest_path
 from mirage_tiny import PRETRAINED_DIR, pretrained_base_path
 from mirage_tiny.pretrain import (
     Stage0Config,
     cell_labels,
     grid_text,
+    locate_text,
     make_example,
     parse_curriculum,
     pretrain_tiny_base,
@@ -41,6 +43,19 @@ def test_grid_text_and_cell_labels_are_exact():
     labels = cell_labels(np.asarray(MAP, dtype=np.int8), "DRR")  # (0,0) -> (1,0) -> (1,1) -> (1,2) goal
     assert labels[:, 0].tolist() == [2, 0, 1, 0, 0, 3, 0, 1, 0]
     assert labels[:, 1].tolist() == [2, 0, 0, 3, 3, 0, 0, 0, 0]  # D leaves (0,0), R leaves (1,0) and (1,1)
+    assert labels[:, 2].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and labels[:, 3].tolist() == [0, 1, 2] * 3
+    wide = cell_labels(np.asarray([[1, 0, 0, 2]], dtype=np.int8), "")  # rows and columns, not the raster index
+    assert wide[:, 2].tolist() == [0] * 4 and wide[:, 3].tolist() == [0, 1, 2, 3]
+
+
+def test_locate_names_start_and_goal_from_one_at_the_top_left():
+    assert locate_text(MAP) == "S 1,1 G 2,3"
+    image, prompt, answer, labels = make_example(random.Random(5), "locate", 5, set())
+    assert prompt == "Find the start and the goal." and image.size == (320, 320)
+    grid = map_from_image(image)
+    start = next((r, c) for r, row in enumerate(grid) for c, v in enumerate(row) if v == 1)
+    assert answer.startswith(f"S {start[0] + 1},{start[1] + 1} G ")
+    assert labels.shape == (25, 4) and int((labels[:, 0] == 2).sum()) == 1
 
 
 def test_make_example_path_answer_is_what_the_arrows_show():
@@ -51,7 +66,7 @@ def test_make_example_path_answer_is_what_the_arrows_show():
         assert set(answer) <= set("LDRU") and image.size == (256, 256)
         assert int((labels[:, 1] > 0).sum()) == len(answer)  # one arrow per move: walks never revisit a cell
     image, prompt, answer, labels = make_example(rng, "grid", 3, set())
-    assert prompt == "Read the map." and len(answer.splitlines()) == 3 and labels.shape == (9, 2)
+    assert prompt == "Read the map." and len(answer.splitlines()) == 3 and labels.shape == (9, 4)
     with pytest.raises(ValueError, match="unknown stage-0 task 'plan'"):
         make_example(rng, "plan", 3, set())
 
@@ -71,7 +86,7 @@ def test_a_few_steps_train_the_tower_and_save_a_loadable_base(tmp_path, one_thre
     result = pretrain_tiny_base(config, log=lambda line: None)
     history = result["history"]
     assert [h["step"] for h in history] == [0, 2, 4]
-    assert all("probe_loss" in h and "target_cosine" in h and "grid_L3" in h for h in history[1:])
+    assert all("probe_loss" in h and "target_cosine" in h and "locate_L3" in h for h in history[1:])
     saved = json.loads((tmp_path / "base" / "stage0_log.json").read_text())
     assert saved["history"] == history and saved["config"]["curriculum"] == "3:4"
     model, processor = load_model_and_processor(str(tmp_path / "base"), 4, image_scale=0.4375)
@@ -122,7 +137,7 @@ def test_stage0_recipe_parses_and_is_the_one_the_shipped_base_was_built_with():
     recipe = Path(__file__).resolve().parents[1] / "examples" / "recipes" / "tiny" / "stage0.yaml"
     (config,) = TrlParser((Stage0Config,)).parse_args_and_config(args=["--config", str(recipe)])
     assert config.output_dir == "mirage_tiny/pretrained" and config.cell_probe_weight == 1.0
-    assert sum(steps for _, steps in parse_curriculum(config.curriculum)) == 1500
+    assert sum(steps for _, steps in parse_curriculum(config.curriculum)) == 1800
     from dataclasses import asdict
 
     shipped = json.loads((PRETRAINED_DIR / "stage0_log.json").read_text())["config"]

@@ -170,6 +170,9 @@ class MirageGRPOTrainer(MirageHubMixin, GRPOTrainer):
         MirageSFTTrainer._check_latent_settings(model, processing_class, args)
         if args.latent_freeze_vision:
             freeze_vision_tower(model)
+        if peft_config is not None and not isinstance(model, PeftModel):
+            # Adapter checkpoints must name a base that outlives the run (a model converted on load has none).
+            MirageSFTTrainer._record_adapter_base(model, processing_class, args.output_dir)
         # Rollout prompts are left-padded; the processor's own padding (which TRL uses for the multimodal inputs of
         # the rescoring, `mm_token_type_ids` included) must agree, or the rescored log-probs shift.
         processing_class.tokenizer.padding_side = "left"
