@@ -2,7 +2,8 @@
 
     python examples/demo.py --output-dir outputs/demo
 
-1. build the tiny random Qwen2.5-VL base offline and convert it to Mirage (three latent tokens, k = 4);
+1. load the shipped tiny Qwen2.5-VL base pretrained to read maps (`tiny-pretrained`; `--base tiny` for the random
+   one) and convert it to Mirage (three latent token ids, k = 4 pads a block);
 2. generate a VSP spatial-planning `mirage-direct` training set (no official test map in it);
 3. stage 1: helper-image targets teacher-forced into the latent pads, latent cosine loss + 0.1 x CE;
 4. stage 2: the pads filled by the model's own hidden-state chain, CE only;
@@ -15,9 +16,9 @@
 8. reload that folder in a fresh Python process outside the repository (`AutoModel`/`AutoProcessor` with
    `trust_remote_code=True`, offline) and check it generates the same outputs.
 
-Training follows `examples/recipes/tiny/stage{1,2}.yaml` (steps and data size can be changed here). A random model
-of a million parameters trained for minutes learns the answer format and little else: the figures are what it
-gets, measured, not what Mirage gets on Qwen2.5-VL-7B.
+Training follows `examples/recipes/tiny/stage{1,2}.yaml` (steps and data size can be changed here). The model is a
+million parameters trained for minutes on a CPU: compare its figures with the untrained, constant-answer and
+intervention lines it prints, not with what Mirage gets on Qwen2.5-VL-7B.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def main() -> None:
         "tiny (the random one) or a folder",
     )
     parser.add_argument("--train-examples", type=int, default=4096)
-    parser.add_argument("--levels", default="3-4", help="levels of the generated training maps")
+    parser.add_argument("--levels", default="3-6", help="levels of the generated training maps")
     parser.add_argument("--stage1-steps", type=int, default=None, help="default: the tiny stage-1 recipe's")
     parser.add_argument("--stage2-steps", type=int, default=None, help="default: the tiny stage-2 recipe's")
     parser.add_argument("--eval-per-level", type=int, default=25, help="official test maps scored per level (3-6)")
