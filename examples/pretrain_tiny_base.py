@@ -2,12 +2,13 @@
 
     python examples/pretrain_tiny_base.py --config examples/recipes/tiny/stage0.yaml   # = make base
 
-Builds the random tiny base (`mirage_tiny.build_tiny_base`), trains it on map -> grid text and helper image ->
-moves with a per-token cell probe on the vision tower and a curriculum over map sizes (see `mirage_tiny.pretrain`),
-and writes the result, a plain Qwen2.5-VL checkpoint (safetensors, tokenizer, processor) plus `stage0_log.json`
-(accuracy and target diversity as it trained) and `report.json` (`mirage_tiny.pretrain.base_report`: grid and path
-reading per level, target diversity, its own score on the official planning test), to `output_dir`: `mirage_tiny/pretrained`, which the model name
-`tiny-pretrained` resolves to. One CPU thread, seeded: the same recipe rebuilds the same weights on the same machine.
+Builds the random tiny base (`mirage_tiny.build_tiny_base`), trains it on helper image -> moves and map -> start and
+goal cells with a per-token cell probe (kind, arrow, row, column) on the vision tower and a curriculum over map sizes
+(see `mirage_tiny.pretrain`), and writes the result, a plain Qwen2.5-VL checkpoint (safetensors, tokenizer, processor)
+plus `stage0_log.json` (accuracy and target diversity as it trained) and `report.json`
+(`mirage_tiny.pretrain.base_report`: grid, path and locate reading per level, target diversity, its own score on the
+official planning test), to `output_dir`: `mirage_tiny/pretrained`, which the model name `tiny-pretrained` resolves
+to. One CPU thread, seeded: the same recipe rebuilds the same weights on the same machine.
 Every field of the recipe can be overridden on the command line (`--curriculum 3:100 --output_dir /tmp/base`).
 """
 

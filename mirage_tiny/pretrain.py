@@ -10,8 +10,10 @@ without reading the image:
 - ``path``: a map with a path drawn as arrows (the planning helper image) -> the moves the arrows show. Half of the
   paths are shortest paths, half random walks, so the answer is read off the picture, not planned;
 - ``locate``: a map picture -> where the start and the goal are (``S 1,3 G 3,1``: row, column, from 1 at the top
-  left). The grid task asks for every cell in order, which a 4-layer language model learns slowly; this one asks for
-  the two cells a plan starts and ends at.
+  left), the two cells a plan starts and ends at.
+
+The shipped recipe trains ``path`` and ``locate``: a base that also copies the whole grid answers planning questions
+from the image and lets its latents go unused (docs/results.md, "Stage 0").
 
 Prompts are short (a few words), so the image tokens are a large share of each sequence; images are resized by
 `image_scale` (0.4375 puts one 64-px map cell on one 28-px merged token), and map sizes follow a curriculum (3x3
@@ -411,8 +413,8 @@ def pretrain_tiny_base(cfg: Stage0Config, log=print) -> dict:
 def base_report(folder: str | Path, *, maps_per_level: int = 64, seed: int = 123, image_scale: float = 0.4375) -> dict:
     """What a stage-0 base knows, measured on fresh maps (official test maps excluded) and on the official test:
 
-    - `grid` / `path`: per level 3-6, the share of maps whose grid text / arrow moves it reads exactly (teacher-forced
-      argmax of every answer token, which equals its greedy output);
+    - `grid` / `path` / `locate`: per level 3-6, the share of maps whose grid text / arrow moves / start and goal cells
+      it reads exactly (teacher-forced argmax of every answer token, which equals its greedy output);
     - `target_cosine`: mean pairwise cosine of the stage-1 targets (k = 4) of helper images of level-4 maps;
     - `planning`: its success on the official 400-map planning test (greedy, converted to Mirage with the same image
       resize, no training on planning) beside the best constant answer.
