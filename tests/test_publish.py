@@ -253,14 +253,23 @@ def test_update_model_card_rewrites_the_card_from_new_results_and_pushes_it(trai
     assert len(hub.commits) == 1
 
 
-def test_sft_script_push_to_hub_uploads_the_page_with_the_mirage_card(tiny_mirage_dir, monkeypatch, tmp_path):
+def _run_training_script(name: str, config_class: str, argv: list[str]) -> str:
+    """Run `examples/<name>.py`'s `main` in-process with `argv` (its own three-dataclass parser); return what it
+    printed."""
     import runpy
 
     from trl import ModelConfig, TrlParser
 
+    script = runpy.run_path(str(REPO / "examples" / f"{name}.py"), run_name=name)
+    parser = TrlParser((script["MirageScriptArguments"], script[config_class], ModelConfig))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        script["main"](*parser.parse_args_and_config(argv))
+    return printed.getvalue()
+
+
+def test_sft_script_push_to_hub_uploads_the_page_with_the_mirage_card(tiny_mirage_dir, monkeypatch, tmp_path):
     hub = FakeHub(monkeypatch)
-    script = runpy.run_path(str(REPO / "examples" / "sft_mirage.py"), run_name="sft_mirage")
-    parser = TrlParser((script["MirageScriptArguments"], script["MirageSFTConfig"], ModelConfig))
     output = tmp_path / "run"
     argv = [
         "--model_name_or_path", tiny_mirage_dir, "--latent_stage", "1", "--num_train_examples", "4", "--levels", "3",
@@ -268,42 +277,32 @@ def test_sft_script_push_to_hub_uploads_the_page_with_the_mirage_card(tiny_mirag
         "--save_strategy", "no", "--output_dir", str(output), "--push_to_hub", "true", "--hub_model_id", REPO_ID,
         "--hub_token", TOKEN, "--activation_checkpointing", "false", "--disable_tqdm", "true",
     ]  # fmt: skip
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        script["main"](*parser.parse_args_and_config(argv))
+    printed = _run_training_script("sft_mirage", "MirageSFTConfig", argv)
     (commit,) = hub.commits
     assert commit["message"] == "Model save" and set(commit["files"]) == PAGE
     card = commit["files"]["README.md"].decode()
     assert "fine-tuned version of" not in card and "trust_remote_code=True" in card and "| stage 1 | " in card
     assert "training_args.bin" in {p.name for p in output.iterdir()}  # saved locally, never sent
-    assert_no_token(hub, printed.getvalue())
+    assert_no_token(hub, printed)
 
 
 def test_grpo_script_with_lora_pushes_the_merged_model_with_the_mirage_card(tiny_mirage_dir, monkeypatch, tmp_path):
-    import runpy
-
-    from trl import ModelConfig, TrlParser
-
     hub = FakeHub(monkeypatch)
-    script = runpy.run_path(str(REPO / "examples" / "grpo_mirage.py"), run_name="grpo_mirage")
-    parser = TrlParser((script["MirageScriptArguments"], script["MirageGRPOConfig"], ModelConfig))
-    output = tmp_path / "run"
     argv = [
         "--model_name_or_path", tiny_mirage_dir, "--use_peft", "true", "--lora_r", "2", "--lora_alpha", "4",
         "--num_train_examples", "4", "--levels", "3", "--max_steps", "1", "--num_generations", "2",
         "--per_device_train_batch_size", "2", "--max_completion_length", "8", "--use_cpu", "true", "--report_to", "none",
-        "--save_strategy", "no", "--output_dir", str(output), "--push_to_hub", "true", "--hub_model_id", REPO_ID,
-        "--hub_token", TOKEN, "--hub_strategy", "end", "--activation_checkpointing", "false", "--disable_tqdm", "true",
+        "--save_strategy", "no", "--output_dir", str(tmp_path / "run"), "--push_to_hub", "true", "--hub_model_id",
+        REPO_ID, "--hub_token", TOKEN, "--hub_strategy", "end", "--activation_checkpointing", "false",
+        "--disable_tqdm", "true",
     ]  # fmt: skip
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        script["main"](*parser.parse_args_and_config(argv))
+    printed = _run_training_script("grpo_mirage", "MirageGRPOConfig", argv)
     (commit,) = hub.commits  # the merged model once, at the end: no adapter push
     assert commit["message"] == "End of training" and set(commit["files"]) == PAGE
     assert "adapter_config.json" not in commit["files"] and "model.safetensors" in commit["files"]
     card = commit["files"]["README.md"].decode()
     assert "fine-tuned version of" not in card and "trust_remote_code=True" in card
-    assert_no_token(hub, printed.getvalue())
+    assert_no_token(hub, printed)
 
 
 def test_the_parent_hooks_the_mixin_extends_exist():
