@@ -77,7 +77,8 @@ def arm_plan(arm: str, recipe: dict) -> dict:
 
 def grpo_stage(model, processor, recipe: dict, seed: int, exclude: list, output: Path):
     """Stage 3 of the `mirage-grpo` arm: `trainers.MirageGRPOTrainer` from the model stage 2 wrote, with the paper's
-    reward (0.9 x accuracy + 0.1 x format), 5 rollouts per prompt and KL 0.01 against that model, on prompts of fresh
+    settings as `MirageGRPOConfig` defaults them (reward 0.9 x accuracy + 0.1 x format, 5 rollouts per prompt, KL 0.01
+    against that model), two prompts a step, on prompts of fresh
     maps of the training levels (seed `study-grpo-<seed>`, no official or held-out map). Returns the trained model and
     the trainer's log."""
     import mirage_tasks
@@ -92,7 +93,7 @@ def grpo_stage(model, processor, recipe: dict, seed: int, exclude: list, output:
     ).remove_columns(["completion", "helper_images"])  # fmt: skip
     args = MirageGRPOConfig(
         str(output / "grpo"), max_steps=recipe["grpo_steps"], learning_rate=recipe["grpo_learning_rate"],
-        per_device_train_batch_size=2 * 5, num_generations=5, beta=0.01, temperature=1.0,
+        per_device_train_batch_size=2 * MirageGRPOConfig.num_generations, temperature=1.0,
         max_completion_length=recipe["max_new_tokens"], lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, logging_steps=max(1, recipe["grpo_steps"] // 10), save_strategy="no", report_to="none",
         seed=seed, use_cpu=True, bf16=False, activation_checkpointing=False, disable_tqdm=True,
